@@ -1,0 +1,73 @@
+"""Per-video LLP features: vggish (10, 128), res152 (80, 2048), r2plus1d_18 (10, 512).
+
+A video's feature file is `<dir>/<first 11 chars of filename>.npy`. Files may be float16,
+float32 or float64; everything is computed in float32.
+"""
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from .llp import video_id
+from .utils import AVVPError
+
+# modality key -> (default folder name, shape of one video's array)
+MODALITIES = {
+    "audio": ("vggish", (10, 128)),
+    "video": ("res152", (80, 2048)),
+    "st": ("r2plus1d_18", (10, 512)),
+}
+ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def feature_path(folder, filename):
+    return os.path.join(folder, video_id(filename) + ".npy")
+
+
+def check_array(arr, shape, where):
+    """Validate one video's array; returns it as float32 or raises AVVPError naming `where`."""
+    if arr.dtype.type not in ACCEPTED_DTYPES:
+        raise AVVPError(f"{where}: dtype {arr.dtype} (expected float16, float32 or float64)")
+    if tuple(arr.shape) != tuple(shape):
+        raise AVVPError(f"{where}: shape {tuple(arr.shape)} (expected {tuple(shape)})")
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise AVVPError(f"{where}: {bad} non-finite value(s) (NaN or inf)")
+    return arr
+
+
+def load_feature(folder, filename, shape):
+    """One video's features as float32, validated; errors name the file and the fault."""
+    path = feature_path(folder, filename)
+    if not os.path.isfile(path):
+        raise AVVPError(f"{path}: feature file missing (video {filename})")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # corrupt or truncated .npy: numpy raises several exception types
+        raise AVVPError(f"{path}: cannot read .npy ({type(e).__name__}: {e})") from None
+    return check_array(arr, shape, path)
+
+
+def missing_videos(dirs, filenames):
+    """Filenames lacking a feature file in any of `dirs` (dict modality -> folder)."""
+    return [f for f in filenames if not all(os.path.isfile(feature_path(d, f)) for d in dirs.values())]
+
+
+def load_split(dirs, filenames, desc="features", progress=True):
+    """Load a whole split into one float32 array per modality.
+
+    dirs: dict modality key ('audio', 'video', 'st') -> folder.
+    Returns dict key -> (N, *shape) float32 array, rows in the order of `filenames`.
+    """
+    out = {}
+    for key, folder in dirs.items():
+        shape = MODALITIES[key][1]
+        if not os.path.isdir(folder):
+            raise AVVPError(f"{folder}: feature folder not found (needed for {MODALITIES[key][0]} features)")
+        arr = np.empty((len(filenames),) + shape, dtype=np.float32)
+        it = tqdm(filenames, desc=f"{desc} {MODALITIES[key][0]}", leave=False, disable=not progress, mininterval=1.0)
+        for i, name in enumerate(it):
+            arr[i] = load_feature(folder, name, shape)
+        out[key] = arr
+    return out
