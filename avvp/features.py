@@ -18,6 +18,7 @@ MODALITIES = {
     "st": ("r2plus1d_18", (10, 512)),
 }
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
+FRAMES_PER_SEGMENT = 8
 
 
 def feature_path(folder, filename):
@@ -54,10 +55,17 @@ def missing_videos(dirs, filenames):
     return [f for f in filenames if not all(os.path.isfile(feature_path(d, f)) for d in dirs.values())]
 
 
-def load_split(dirs, filenames, desc="features", progress=True):
+def segment_means(video):
+    """(..., 80, 2048) res152 frames -> (..., 10, 2048): mean of the 8 frames of each segment."""
+    return video.reshape(video.shape[:-2] + (10, FRAMES_PER_SEGMENT, video.shape[-1])).mean(-2)
+
+
+def load_split(dirs, filenames, desc="features", progress=True, pool_frames=False):
     """Load a whole split into one float32 array per modality.
 
     dirs: dict modality key ('audio', 'video', 'st') -> folder.
+    pool_frames: store res152 as (N, 10, 2048) segment means instead of (N, 80, 2048) (see
+    MMIL_Net's frame_pool='early'); done per file, so the full array is never held.
     Returns dict key -> (N, *shape) float32 array, rows in the order of `filenames`.
     """
     out = {}
@@ -65,9 +73,11 @@ def load_split(dirs, filenames, desc="features", progress=True):
         shape = MODALITIES[key][1]
         if not os.path.isdir(folder):
             raise AVVPError(f"{folder}: feature folder not found (needed for {MODALITIES[key][0]} features)")
-        arr = np.empty((len(filenames),) + shape, dtype=np.float32)
+        pool = pool_frames and key == "video"
+        arr = np.empty((len(filenames),) + ((10, shape[1]) if pool else shape), dtype=np.float32)
         it = tqdm(filenames, desc=f"{desc} {MODALITIES[key][0]}", leave=False, disable=not progress, mininterval=1.0)
         for i, name in enumerate(it):
-            arr[i] = load_feature(folder, name, shape)
+            x = load_feature(folder, name, shape)
+            arr[i] = segment_means(x) if pool else x
         out[key] = arr
     return out

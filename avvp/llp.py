@@ -40,7 +40,7 @@ def video_id(filename):
     return filename[:11]
 
 
-def _read_table(path, columns):
+def read_table(path, columns):
     """Read a tab-separated LLP file as strings; returns (DataFrame, line numbers of its rows)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -100,7 +100,7 @@ class WeakLabels:
 
 def read_weak(path):
     """Read a weak label file; errors on bad filenames, duplicates, unknown classes."""
-    df, line_nos = _read_table(path, ["filename", "event_labels"])
+    df, line_nos = read_table(path, ["filename", "event_labels"])
     names = df["filename"].to_numpy()
     bad = ~df["filename"].str.match(FILENAME_RE).to_numpy()
     if bad.any():
@@ -132,7 +132,7 @@ def read_dense(path, warn=True):
     `GT[c, on:off] = 1` is then a no-op); they are kept and mark nothing. Unknown class names
     are an error.
     """
-    df, line_nos = _read_table(path, ["filename", "onset", "offset", "event_labels"])
+    df, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"])
     onset = pd.to_numeric(df["onset"], errors="coerce").to_numpy()
     offset = pd.to_numeric(df["offset"], errors="coerce").to_numpy()
     with np.errstate(invalid="ignore"):
@@ -215,3 +215,43 @@ def write_weak(path, filenames, labels):
     labels = np.asarray(labels)
     text = [",".join(CLASSES[c] for c in np.flatnonzero(row)) for row in labels]
     write_tsv(pd.DataFrame({"filename": list(filenames), "event_labels": text}), path)
+
+
+# ----------------------------------------------------------------------------- modality-aware labels
+# Stage 2 -> stage 3 hand-off, keyed by filename: one row per train video with its weak labels
+# and the subset kept as audible and as visible.
+MODALITY_COLUMNS = ["filename", "event_labels", "audio_labels", "visual_labels"]
+
+
+def _names(row):
+    return ",".join(CLASSES[c] for c in np.flatnonzero(row))
+
+
+def write_modality_labels(path, filenames, weak, audio, visual):
+    """weak, audio, visual: (N, 25) 0/1; audio and visual must be subsets of weak."""
+    write_tsv(pd.DataFrame({"filename": list(filenames),
+                            "event_labels": [_names(r) for r in weak],
+                            "audio_labels": [_names(r) for r in audio],
+                            "visual_labels": [_names(r) for r in visual]}), path)
+
+
+def read_modality_labels(path):
+    """-> (filenames, weak, audio, visual) with (N, 25) float32 arrays; validated."""
+    df, line_nos = read_table(path, MODALITY_COLUMNS)
+    names = df["filename"].to_numpy()
+    dup = df["filename"].duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise AVVPError(f"{path}, line {line_nos[i]}: duplicate filename {names[i]!r}")
+    out = [np.zeros((len(df), NUM_CLASSES), dtype=np.float32) for _ in range(3)]
+    for col, arr in zip(MODALITY_COLUMNS[1:], out):
+        for i, (text, ln) in enumerate(zip(df[col].to_numpy(), line_nos)):
+            arr[i, parse_class_list(text, path, ln)] = 1.0
+    weak, audio, visual = out
+    for col, arr in (("audio_labels", audio), ("visual_labels", visual)):
+        extra = (arr > weak).any(axis=1)
+        if extra.any():
+            i = int(np.flatnonzero(extra)[0])
+            raise AVVPError(f"{path}, line {line_nos[i]}: {col} of {names[i]!r} names a class that is not among "
+                            f"its event_labels")
+    return names.tolist(), weak, audio, visual

@@ -1,0 +1,378 @@
+"""Training and evaluation shared by the stages: arguments, split loading, the training loop,
+batched prediction, LLP evaluation, checkpoints and resume.
+
+Features of a split are loaded once into one tensor per modality, kept on the training device,
+and batches are gathered there by index: no per-sample file reads, no DataLoader workers.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import evaluate as llp_eval
+from . import features, llp
+from .model import mmil_loss
+from .utils import AVVPError, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
+
+ARCH_KEYS = ("num_classes", "d_model", "frame_pool")
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
+    """Flags every stage shares; paths default to the project's data/ and feats/ folders."""
+    g = p.add_argument_group("data")
+    g.add_argument("--audio_dir", default="../feats/vggish/", help="vggish features, (10, 128) per video")
+    g.add_argument("--video_dir", default="../feats/res152/", help="res152 features, (80, 2048) per video")
+    g.add_argument("--st_dir", default="../feats/r2plus1d_18/", help="r2plus1d_18 features, (10, 512) per video")
+    g.add_argument("--label_train", default="../data/AVVP_train.csv", help="weak train labels")
+    g.add_argument("--label_val", default="../data/AVVP_val_pd.csv", help="weak val labels")
+    g.add_argument("--label_test", default="../data/AVVP_test_pd.csv", help="weak test labels")
+    g.add_argument("--eval_audio", default="../data/AVVP_eval_audio.csv", help="dense audio truth (val+test)")
+    g.add_argument("--eval_visual", default="../data/AVVP_eval_visual.csv", help="dense visual truth (val+test)")
+    g.add_argument("--skip_missing", action="store_true",
+                   help="drop videos whose feature files are missing (reporting how many) instead of failing")
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16, help="batch size")
+    g.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    g.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
+    g.add_argument("--lr_step", type=int, default=10, help="StepLR step size in epochs")
+    g.add_argument("--lr_gamma", type=float, default=0.1, help="StepLR decay")
+    g.add_argument("--seed", type=int, default=1, help="seeds python, numpy and torch")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--model_save_dir", default="models/", help="where checkpoints and metrics go")
+    g.add_argument("--checkpoint", default=checkpoint, help="checkpoint file name in --model_save_dir")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint's last completed epoch")
+    g.add_argument("--eval_batch_size", type=int, default=256, help="batch size for inference (speed only)")
+    g.add_argument("--frame_pool", choices=["early", "late"], default="early",
+                   help="average res152 frames per segment before fc_v (early, same function, 8x less work) "
+                        "or after it (late, the released order)")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
+    g = p.add_argument_group("method")
+    g.add_argument("--contrastive_weight", type=float, default=1.0,
+                   help="weight of MA's audio-visual contrastive term (0 gives the HAN baseline)")
+    g.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature")
+    g.add_argument("--contrastive_smoothing", type=float, default=0.1,
+                   help="label smoothing of the contrastive target, spread over the 9 negatives")
+    g.add_argument("--visual_smoothing", type=float, default=0.1,
+                   help="visual target = (1 - s) * y + s / 2 (released: 0.1, i.e. 0.9 y + 0.05)")
+    return p
+
+
+def parse_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.epochs < 0 or args.eval_batch_size < 1:
+        parser.error("--batch-size and --eval_batch_size must be >= 1, --epochs >= 0")
+    return args
+
+
+def setup(args):
+    """Seed everything, pick the device, print one line saying so."""
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        # workers matched to cores: torch defaults to all cores already; say what runs
+        pass
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                                 f" ({torch.get_num_threads()} threads)") + f", seed {args.seed}")
+    return device
+
+
+# ----------------------------------------------------------------------------- data
+
+class Split:
+    """One split on the device: filenames, weak labels (N, C), features, optional dense truth."""
+
+    def __init__(self, filenames, labels, feats, gt_a=None, gt_v=None, path=None):
+        self.filenames = filenames
+        self.labels = labels            # (N, 25) float32 numpy
+        self.feats = feats              # dict audio/video/st -> tensor on the device
+        self.gt_a, self.gt_v = gt_a, gt_v  # (N, 25, 10) uint8 or None
+        self.path = path
+
+    def __len__(self):
+        return len(self.filenames)
+
+    def inputs(self, idx):
+        f = self.feats
+        return f["audio"][idx], f["video"][idx], f["st"][idx]
+
+
+def feature_dirs(args):
+    return {"audio": args.audio_dir, "video": args.video_dir, "st": args.st_dir}
+
+
+def load_split(args, label_csv, device, truth=False, name="split"):
+    """Read a label file and its features (validated) into a Split on `device`."""
+    weak = llp.read_weak(label_csv)
+    filenames, labels = weak.filenames, weak.labels
+    dirs = feature_dirs(args)
+    for key, folder in dirs.items():
+        if not os.path.isdir(folder):
+            raise AVVPError(f"{folder}: feature folder not found ({features.MODALITIES[key][0]} features; "
+                            f"see feats/README.md, or run `python -m avvp.synth` for the synthetic set)")
+    missing = features.missing_videos(dirs, filenames)
+    if missing:
+        if not args.skip_missing:
+            first = missing[0]
+            where = next(features.feature_path(d, first) for d in dirs.values()
+                         if not os.path.isfile(features.feature_path(d, first)))
+            raise AVVPError(f"{where}: feature file missing for video {first} of {label_csv} "
+                            f"({len(missing)} of {len(filenames)} videos lack features; --skip_missing drops them)")
+        keep = np.asarray([f not in set(missing) for f in filenames])
+        print(f"warning: {name}: skipping {len(missing)} of {len(filenames)} videos with missing feature files",
+              file=sys.stderr)
+        filenames = [f for f, k in zip(filenames, keep) if k]
+        labels = labels[keep]
+        if not filenames:
+            raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
+    arrays = features.load_split(dirs, filenames, desc=name, progress=not args.no_progress,
+                                 pool_frames=args.frame_pool == "early")
+    feats = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    del arrays
+    gt_a = gt_v = None
+    if truth:
+        gt_a = llp.read_dense_matrix(args.eval_audio, filenames)
+        gt_v = llp.read_dense_matrix(args.eval_visual, filenames)
+    return Split(filenames, labels, feats, gt_a, gt_v, path=label_csv)
+
+
+# ----------------------------------------------------------------------------- model, optimizer
+
+def arch_of(args):
+    return {"num_classes": llp.NUM_CLASSES, "d_model": 512, "frame_pool": args.frame_pool}
+
+
+def build_optimizer(args, model):
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
+    return opt, sched
+
+
+# ----------------------------------------------------------------------------- training
+
+class Trainer:
+    """Trains one model on fixed per-video targets (video, audio, visual), (N, C) each."""
+
+    def __init__(self, args, model, split, targets, device):
+        self.args, self.model, self.split, self.device = args, model, split, device
+        self.t_video, self.t_audio, self.t_visual = (torch.as_tensor(t, dtype=torch.float32, device=device)
+                                                     for t in targets)
+        self.opt, self.sched = build_optimizer(args, model)
+        # batch order comes from its own generator so that resume can restore it exactly
+        self.gen = torch.Generator().manual_seed(args.seed)
+
+    def loss(self, idx):
+        out = self.model(*self.split.inputs(idx))
+        a = self.args
+        loss, _ = mmil_loss(out, self.t_video[idx], self.t_audio[idx], self.t_visual[idx],
+                            a.contrastive_weight, a.temperature, a.contrastive_smoothing)
+        return loss
+
+    def train_epoch(self, epoch):
+        self.model.train()
+        n, bs = len(self.split), self.args.batch_size
+        perm = torch.randperm(n, generator=self.gen).to(self.device)
+        nb = math.ceil(n / bs)
+        losses = torch.zeros(nb, device=self.device)
+        bar = tqdm(range(nb), desc=f"epoch {epoch}", leave=False, disable=self.args.no_progress, mininterval=1.0)
+        for b in bar:
+            idx = perm[b * bs:(b + 1) * bs]
+            loss = self.loss(idx)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses[b] = loss.detach()
+            if self.device.type == "cpu" and not math.isfinite(losses[b].item()):
+                break
+        self.sched.step()
+        losses = losses.cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise AVVPError(f"non-finite loss ({losses[bad[0]]}) at epoch {epoch}, batch {bad[0] + 1} of {nb}; "
+                            f"training stopped, last good checkpoint left intact")
+        return float(losses.mean())
+
+    # -- checkpoint state
+    def state(self):
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "rng": rng_state(self.gen)}
+
+    def load_state(self, ckpt):
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"], self.gen)
+
+
+def rng_state(gen):
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+         "batch_order": gen.get_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s, gen):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    gen.set_state(s["batch_order"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ----------------------------------------------------------------------------- inference, evaluation
+
+@torch.no_grad()
+def predict(model, split, batch_size=256, swap=None):
+    """Run the model in eval mode over a split in large batches.
+
+    swap: None, or (partner (N,) long, 'audio' | 'visual'): replace that modality of video i by
+    partner[i]'s. Returns numpy dict video_prob, audio_prob, visual_prob (N, C), frame_prob (N, 10, 2, C).
+    """
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    outs = {k: [] for k in ("video_prob", "audio_prob", "visual_prob", "frame_prob")}
+    dev = split.feats["audio"].device
+    for s in range(0, n, batch_size):
+        idx = torch.arange(s, min(s + batch_size, n), device=dev)
+        a_idx = v_idx = idx
+        if swap is not None:
+            partner, which = swap
+            j = torch.as_tensor(partner, device=dev)[idx]
+            a_idx, v_idx = (j, idx) if which == "audio" else (idx, j)
+        out = model(split.feats["audio"][a_idx], split.feats["video"][v_idx], split.feats["st"][v_idx])
+        for k in outs:
+            outs[k].append(getattr(out, k).float().cpu())
+    model.train(was_training)
+    return {k: torch.cat(v).numpy() for k, v in outs.items()}
+
+
+def evaluate(model, split, batch_size=256, probs=None):
+    """LLP metrics (percent, keys of avvp.evaluate) of the model on a split with dense truth."""
+    if split.gt_a is None:
+        raise AVVPError(f"{split.path}: no dense truth loaded for evaluation")
+    p = probs if probs is not None else predict(model, split, batch_size)
+    pred_a, pred_v = llp_eval.predict_segments(p["frame_prob"], p["audio_prob"], p["visual_prob"])
+    return llp_eval.llp_scores(pred_a, pred_v, split.gt_a, split.gt_v)
+
+
+def metrics_line(m):
+    return ("seg A {seg_a:.2f} V {seg_v:.2f} AV {seg_av:.2f} Type {seg_type:.2f} Event {seg_event:.2f} | "
+            "evt A {evt_a:.2f} V {evt_v:.2f} AV {evt_av:.2f} Type {evt_type:.2f} Event {evt_event:.2f}").format(**m)
+
+
+def write_metrics(path, metrics, extra=None):
+    obj = dict(metrics)
+    if extra:
+        obj.update(extra)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_path(args):
+    return os.path.join(args.model_save_dir, args.checkpoint)
+
+
+def save_checkpoint(path, trainer, args, epoch, metrics, stage, extra=None):
+    ckpt = {"stage": stage, "epoch": epoch, "args": vars(args), "arch": arch_of(args), "metrics": metrics}
+    ckpt.update(trainer.state())
+    if extra:
+        ckpt.update(extra)
+    atomic_torch_save(ckpt, path)
+
+
+def load_checkpoint(path, hint=None):
+    if not os.path.isfile(path):
+        msg = f"{path}: checkpoint not found"
+        raise AVVPError(msg + (f"; {hint}" if hint else ""))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise AVVPError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise AVVPError(f"{path}: not a checkpoint of this project (no 'model' entry)")
+    return ckpt
+
+
+def load_model_strict(model, ckpt, path):
+    """Load weights strictly; an architecture mismatch is a one-line error naming the checkpoint."""
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise AVVPError(f"{path}: architecture does not match this model ({detail[:300]})") from None
+
+
+def fit(args, trainer, val, test, stage, device, extra=None):
+    """Train for args.epochs (resuming if asked), evaluating val each epoch; keep the last epoch.
+
+    Writes the checkpoint atomically after every epoch (so --resume and kill -9 are safe), then
+    val_metrics.json, and finally evaluates test and writes test_metrics.json.
+    """
+    path = checkpoint_path(args)
+    start = 1
+    if args.resume and os.path.isfile(path):
+        ckpt = load_checkpoint(path)
+        if ckpt.get("stage") != stage:
+            raise AVVPError(f"{path}: checkpoint is from {ckpt.get('stage')}, cannot resume {stage}")
+        trainer.load_state(ckpt)
+        start = ckpt["epoch"] + 1
+        print(f"resuming {path} after epoch {ckpt['epoch']}")
+    elif args.resume:
+        print(f"--resume: no checkpoint at {path}, starting from scratch")
+    metrics = None
+    for epoch in range(start, args.epochs + 1):
+        t0 = time.time()
+        loss = trainer.train_epoch(epoch)
+        t1 = time.time()
+        metrics = evaluate(trainer.model, val, args.eval_batch_size)
+        t2 = time.time()
+        print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.opt.param_groups[0]['lr']:.2e} "
+              f"train {t1 - t0:.1f}s val {t2 - t1:.1f}s | val {metrics_line(metrics)}", flush=True)
+        save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra)
+    if metrics is not None:
+        write_metrics(os.path.join(args.model_save_dir, "val_metrics.json"), metrics, {"epoch": args.epochs})
+    test_metrics = evaluate(trainer.model, test, args.eval_batch_size)
+    print(llp_eval.format_table(test_metrics, title=f"{stage}: test set ({len(test)} videos), last epoch"))
+    write_metrics(os.path.join(args.model_save_dir, "test_metrics.json"), test_metrics, {"epoch": args.epochs})
+    ckpt = load_checkpoint(path) if os.path.isfile(path) else None
+    if ckpt is not None:
+        ckpt["metrics"] = {"val": metrics, "test": test_metrics}
+        atomic_torch_save(ckpt, path)
+    return test_metrics
+
+
+def eval_only(args, stage, model, device, split_csv, split_name, hint):
+    """--mode val|test: load the stage's checkpoint strictly into `model` and print the LLP table."""
+    path = checkpoint_path(args)
+    ckpt = load_checkpoint(path, hint)
+    load_model_strict(model, ckpt, path)
+    split = load_split(args, split_csv, device, truth=True, name=split_name)
+    m = evaluate(model, split, args.eval_batch_size)
+    print(llp_eval.format_table(m, title=f"{stage}: {split_name} set ({len(split)} videos), {path}"))
+    write_metrics(os.path.join(args.model_save_dir, f"{split_name}_metrics.json"), m,
+                  {"epoch": ckpt.get("epoch")})
+    return m
+
+
+def weak_targets(labels, visual_smoothing):
+    """Stage-1 targets from weak labels y (N, C): video y, audio y, visual (1 - s) y + s / 2."""
+    y = np.asarray(labels, dtype=np.float32)
+    return y, y.copy(), (1.0 - visual_smoothing) * y + visual_smoothing / 2.0
+
+
+def argparser(description):
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)

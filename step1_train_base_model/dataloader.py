@@ -1,0 +1,15 @@
+"""Stage 1's data: the three LLP splits on the device and the weak-label training targets."""
+from avvp import engine
+
+
+def load_data(args, device, train=True):
+    """train split (weak labels only) and val/test splits with dense truth."""
+    train_split = engine.load_split(args, args.label_train, device, name="train") if train else None
+    val = engine.load_split(args, args.label_val, device, truth=True, name="val")
+    test = engine.load_split(args, args.label_test, device, truth=True, name="test")
+    return train_split, val, test
+
+
+def targets(split, args):
+    """(video, audio, visual) targets (N, 25): y, y and the smoothed visual target 0.9 y + 0.05."""
+    return engine.weak_targets(split.labels, args.visual_smoothing)

@@ -1,0 +1,53 @@
+"""Stage 2's data: the train split, seeded partners sharing no class, and the hidden truth
+of synthetic train videos (to score the estimated labels) when it exists."""
+import os
+
+import numpy as np
+
+from avvp import engine, llp
+from avvp.utils import AVVPError
+
+
+def label_bits(labels):
+    """(N, C) 0/1 -> (N,) int64 bitmask of each video's label set."""
+    return (np.asarray(labels) > 0).astype(np.int64) @ (1 << np.arange(labels.shape[1], dtype=np.int64))
+
+
+def pick_partners(labels, seed, filenames=None, max_rounds=64):
+    """For every video i, a partner j != i whose label set shares no class with i's.
+
+    Uniform among valid partners, reproducible for a seed (the released code draws them
+    unseeded inside DataLoader workers). Vectorised rejection sampling; videos still unmatched
+    after `max_rounds` draws get an exhaustive search. (N,) int64.
+    """
+    bits = label_bits(labels)
+    n = len(bits)
+    rng = np.random.default_rng(seed)
+    partner = np.full(n, -1, dtype=np.int64)
+    todo = np.arange(n)
+    for _ in range(max_rounds):
+        if todo.size == 0:
+            break
+        cand = rng.integers(0, n, size=todo.size)
+        ok = (bits[todo] & bits[cand]) == 0
+        partner[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+    for i in todo:  # rare: videos whose valid partners are few
+        valid = np.flatnonzero((bits & bits[i]) == 0)
+        if valid.size == 0:
+            name = filenames[i] if filenames is not None else f"#{i}"
+            raise AVVPError(f"video {name}: no training video shares no class with it, cannot pick a swap partner")
+        partner[i] = valid[rng.integers(0, valid.size)]
+    return partner
+
+
+def load_train(args, device):
+    return engine.load_split(args, args.label_train, device, name="train")
+
+
+def load_truth(args, filenames):
+    """Dense (N, 25, 10) audio and visual truth of train videos, or None when no truth file exists."""
+    if not (os.path.isfile(args.train_truth_audio) and os.path.isfile(args.train_truth_visual)):
+        return None
+    return (llp.read_dense_matrix(args.train_truth_audio, filenames),
+            llp.read_dense_matrix(args.train_truth_visual, filenames))

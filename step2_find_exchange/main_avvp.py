@@ -1,0 +1,115 @@
+"""Stage 2: estimate modality-aware labels by exchanging audio and visual tracks.
+
+    python main_avvp.py --mode estimate_labels --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
+
+Loads stage 1's checkpoint, pairs every train video with a seeded random partner sharing no
+class, runs the frozen model on the original, visual-swapped and audio-swapped inputs, and
+writes `outputs/modality_aware_labels.csv` (read by stage 3), `outputs/dropped_labels.csv`
+(the swap probabilities behind each dropped label) and `outputs/estimate_meta.json`.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from avvp import engine, llp
+from avvp.utils import AVVPError, atomic_write_text, cli
+
+import dataloader
+import model as stage_model
+
+
+def get_args(argv=None):
+    p = engine.argparser(__doc__)
+    p.add_argument("--mode", choices=["estimate_labels"], default="estimate_labels", help="what to do")
+    engine.add_common_args(p, epochs=0)
+    p.set_defaults(model_save_dir="../step1_train_base_model/models/")
+    g = p.add_argument_group("stage 2")
+    g.add_argument("--threshold_factor", type=float, default=0.5,
+                   help="drop a label when both swapped probs fall below factor * normalised class error")
+    g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
+    g.add_argument("--output", default="modality_aware_labels.csv", help="label CSV name (stage 3 reads it)")
+    g.add_argument("--train_truth_audio", default="../data/synthetic_train_eval_audio.csv",
+                   help="dense audio truth of train videos (synthetic data only); scored when present")
+    g.add_argument("--train_truth_visual", default="../data/synthetic_train_eval_visual.csv",
+                   help="dense visual truth of train videos (synthetic data only); scored when present")
+    return engine.parse_args(p, argv)
+
+
+def drop_quality(drop, weak, truth_present):
+    """Precision / recall of dropped labels against truth: a drop is right when the modality truly lacks c."""
+    absent = (weak > 0) & ~truth_present
+    n_drop, n_absent = int(drop.sum()), int(absent.sum())
+    correct = int((drop & absent).sum())
+    return {"dropped": n_drop, "correct": correct, "truly_absent": n_absent,
+            "weak_labels": int((weak > 0).sum()),
+            "precision": correct / n_drop if n_drop else float("nan"),
+            "recall": correct / n_absent if n_absent else float("nan"),
+            "base_rate": n_absent / max(int((weak > 0).sum()), 1)}
+
+
+@cli
+def main(argv=None):
+    args = get_args(argv)
+    device = engine.setup(args)
+    ckpt_path = engine.checkpoint_path(args)
+    net, ckpt = stage_model.load_frozen(ckpt_path, args, device)
+    args.frame_pool = net.frame_pool
+    print(f"stage 2: loaded {ckpt_path} (stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')})")
+    train = dataloader.load_train(args, device)
+    weak = train.labels
+    t0 = time.time()
+    partner = dataloader.pick_partners(weak, args.seed, train.filenames)
+    orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
+    drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor)
+    print(f"swapped passes over {len(train)} videos in {time.time() - t0:.2f}s")
+
+    keep_a = (weak > 0) & ~drop_a
+    keep_v = (weak > 0) & ~drop_v
+    out_csv = os.path.join(args.output_dir, args.output)
+    llp.write_modality_labels(out_csv, train.filenames, weak, keep_a, keep_v)
+
+    # the evidence behind every dropped label
+    rows = []
+    for kind, drop, swapped, scale in (("audio", drop_a, vis, a_class), ("visual", drop_v, aud, v_class)):
+        vi, ci = np.nonzero(drop)
+        rows.append(pd.DataFrame({
+            "filename": np.asarray(train.filenames, dtype=object)[vi] if len(vi) else np.array([], dtype=object),
+            "event_label": np.asarray(llp.CLASSES, dtype=object)[ci] if len(ci) else np.array([], dtype=object),
+            "dropped": kind, "partner": np.asarray(train.filenames, dtype=object)[partner[vi]] if len(vi) else
+            np.array([], dtype=object),
+            "swapped": "visual" if kind == "audio" else "audio",
+            "audio_prob_swapped": swapped["audio_prob"][vi, ci].round(6),
+            "visual_prob_swapped": swapped["visual_prob"][vi, ci].round(6),
+            "audio_prob_original": orig["audio_prob"][vi, ci].round(6),
+            "visual_prob_original": orig["visual_prob"][vi, ci].round(6),
+            "threshold": (args.threshold_factor * scale[ci]).round(6)}))
+    llp.write_tsv(pd.concat(rows, ignore_index=True), os.path.join(args.output_dir, "dropped_labels.csv"))
+
+    counts = pd.DataFrame({"weak": (weak > 0).sum(0), "drop_audio": drop_a.sum(0), "drop_visual": drop_v.sum(0),
+                           "a_class": a_class.round(3), "v_class": v_class.round(3)}, index=llp.CLASSES)
+    print("per-class drop counts:")
+    print(counts[counts.weak > 0].to_string())
+    print(f"dropped {int(drop_a.sum())} audio and {int(drop_v.sum())} visual labels of {int((weak > 0).sum())}")
+
+    meta = {"args": vars(args), "stage1_checkpoint": os.path.abspath(ckpt_path), "stage1_epoch": ckpt.get("epoch"),
+            "a_class": a_class.tolist(), "v_class": v_class.tolist(),
+            "dropped_audio": int(drop_a.sum()), "dropped_visual": int(drop_v.sum()),
+            "weak_labels": int((weak > 0).sum()), "train_videos": len(train)}
+    truth = dataloader.load_truth(args, train.filenames)
+    if truth is not None:
+        qa = drop_quality(drop_a, weak, truth[0].any(axis=2))
+        qv = drop_quality(drop_v, weak, truth[1].any(axis=2))
+        meta["quality"] = {"audio": qa, "visual": qv}
+        for kind, q in (("audio", qa), ("visual", qv)):
+            print(f"dropped {kind} labels vs truth: precision {q['precision']:.3f} recall {q['recall']:.3f} "
+                  f"({q['correct']}/{q['dropped']} right; {q['truly_absent']} of {q['weak_labels']} weak labels "
+                  f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f})")
+    atomic_write_text(os.path.join(args.output_dir, "estimate_meta.json"), json.dumps(meta, indent=2, default=str))
+    print(f"wrote {out_csv}")
+
+
+if __name__ == "__main__":
+    main()

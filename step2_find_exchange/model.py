@@ -1,0 +1,64 @@
+"""Stage 2's model: the frozen stage-1 network, and the label-exchange rule of MA.
+
+Modality-aware labels come from swapping one modality with an unrelated video (a partner that
+shares no class): if a weak label c survives only while the ORIGINAL audio is present, the
+visual track never showed c, and vice versa.
+"""
+import numpy as np
+import torch
+
+from avvp import engine
+from avvp.model import MMIL_Net
+
+STAGE1_HINT = "run stage 1 first: cd ../step1_train_base_model && python main_avvp.py --mode train"
+
+
+def load_frozen(path, args, device):
+    """The stage-1 network in eval mode, weights loaded strictly. Returns (model, checkpoint)."""
+    ckpt = engine.load_checkpoint(path, hint=STAGE1_HINT)
+    arch = ckpt.get("arch", {})
+    model = MMIL_Net(frame_pool=arch.get("frame_pool", args.frame_pool)).to(device)
+    engine.load_model_strict(model, ckpt, path)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, ckpt
+
+
+@torch.no_grad()
+def swap_probs(model, split, partner, batch_size):
+    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs."""
+    orig = engine.predict(model, split, batch_size)
+    vis = engine.predict(model, split, batch_size, swap=(partner, "visual"))
+    aud = engine.predict(model, split, batch_size, swap=(partner, "audio"))
+    return orig, vis, aud
+
+
+def class_error_scale(prob, labels):
+    """Per-class error rate of (prob > 0.5) against the weak labels over all videos, / its maximum.
+
+    (N, C), (N, C) -> (C,); NaN everywhere when the model makes no error at all (then nothing is
+    dropped, as in the released code, where the division gives NaN).
+    """
+    err = ((prob > 0.5) != (labels > 0)).mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return err / err.max()
+
+
+def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5):
+    """MA's drop rule (METHOD.md section 4), vectorised.
+
+    labels (N, C) weak labels; orig / vis_swapped / aud_swapped: dicts with 'audio_prob' and
+    'visual_prob' (N, C) for the original, visual-swapped (a_i, v_j) and audio-swapped (a_j, v_i) inputs.
+    Drop the VISUAL label c of video i if, with the audio swapped, both its visual and audio prob of c
+    fall below factor * v_class[c]; drop the AUDIO label if, with the visual swapped, both fall below
+    factor * a_class[c]. Written as p / scale < factor like the released code, so a zero or NaN scale
+    never drops. Returns (drop_audio, drop_visual) (N, C) bool, a_class (C,), v_class (C,).
+    """
+    y = labels > 0
+    a_class = class_error_scale(orig["audio_prob"], labels)
+    v_class = class_error_scale(orig["visual_prob"], labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop_v = y & (aud_swapped["visual_prob"] / v_class < factor) & (aud_swapped["audio_prob"] / v_class < factor)
+        drop_a = y & (vis_swapped["audio_prob"] / a_class < factor) & (vis_swapped["visual_prob"] / a_class < factor)
+    return drop_a, drop_v, a_class, v_class
