@@ -11,6 +11,7 @@ import os
 import random
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ from tqdm import tqdm
 from . import evaluate as llp_eval
 from . import features, llp
 from .model import mmil_loss
-from .utils import AVVPError, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
+from .utils import (AVVPError, atomic_torch_save, atomic_write_text, ensure_writable_dir, resolve_device,
+                    seed_everything)
 
 ARCH_KEYS = ("num_classes", "d_model", "frame_pool")
 
@@ -51,9 +53,15 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
     g.add_argument("--checkpoint", default=checkpoint, help="checkpoint file name in --model_save_dir")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint's last completed epoch")
     g.add_argument("--eval_batch_size", type=int, default=256, help="batch size for inference (speed only)")
+    g.add_argument("--feature_cache", choices=["auto", "on", "off"], default="auto",
+                   help="packed per-split feature cache next to the .npy files (auto: splits of >= 2000 videos)")
     g.add_argument("--frame_pool", choices=["early", "late"], default="early",
                    help="average res152 frames per segment before fc_v (early, same function, 8x less work) "
                         "or after it (late, the released order)")
+    g.add_argument("--graph", choices=["auto", "on", "off"], default="auto",
+                   help="capture the whole training step (forward, backward, Adam) in one CUDA graph; "
+                        "auto = on when training on CUDA. Same arithmetic as eager, fewer launches")
+    g.add_argument("--no-graph", dest="graph", action="store_const", const="off", help="same as --graph off")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
     g = p.add_argument_group("method")
     g.add_argument("--contrastive_weight", type=float, default=1.0,
@@ -90,19 +98,27 @@ def setup(args):
 class Split:
     """One split on the device: filenames, weak labels (N, C), features, optional dense truth."""
 
-    def __init__(self, filenames, labels, feats, gt_a=None, gt_v=None, path=None):
+    def __init__(self, filenames, labels, feats, device, gt_a=None, gt_v=None, path=None):
         self.filenames = filenames
         self.labels = labels            # (N, 25) float32 numpy
-        self.feats = feats              # dict audio/video/st -> tensor on the device
+        self.feats = feats              # dict audio/video/st -> (N, ...) tensor, on `device` or on the host
+        self.device = device            # where the model runs
+        self.resident = feats["audio"].device == device  # False: batches are gathered on the host and copied
         self.gt_a, self.gt_v = gt_a, gt_v  # (N, 25, 10) uint8 or None
         self.path = path
 
     def __len__(self):
         return len(self.filenames)
 
-    def inputs(self, idx):
+    def inputs(self, idx, v_idx=None):
+        """Batch tensors on the model's device: audio of videos `idx`, visual of `v_idx` (default `idx`)."""
+        v_idx = idx if v_idx is None else v_idx
         f = self.feats
-        return f["audio"][idx], f["video"][idx], f["st"][idx]
+        if self.resident:
+            return f["audio"][idx], f["video"][v_idx], f["st"][v_idx]
+        idx, v_idx = idx.cpu(), v_idx.cpu()
+        return tuple(t.to(self.device, non_blocking=True)
+                     for t in (f["audio"][idx], f["video"][v_idx], f["st"][v_idx]))
 
 
 def feature_dirs(args):
@@ -126,22 +142,45 @@ def load_split(args, label_csv, device, truth=False, name="split"):
                          if not os.path.isfile(features.feature_path(d, first)))
             raise AVVPError(f"{where}: feature file missing for video {first} of {label_csv} "
                             f"({len(missing)} of {len(filenames)} videos lack features; --skip_missing drops them)")
-        keep = np.asarray([f not in set(missing) for f in filenames])
+        missing_set = set(missing)
+        keep = np.asarray([f not in missing_set for f in filenames])
         print(f"warning: {name}: skipping {len(missing)} of {len(filenames)} videos with missing feature files",
               file=sys.stderr)
         filenames = [f for f, k in zip(filenames, keep) if k]
         labels = labels[keep]
         if not filenames:
             raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
+    cache = args.feature_cache == "on" or (args.feature_cache == "auto" and len(filenames) >= CACHE_MIN_VIDEOS)
     arrays = features.load_split(dirs, filenames, desc=name, progress=not args.no_progress,
-                                 pool_frames=args.frame_pool == "early")
-    feats = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+                                 pool_frames=args.frame_pool == "early", cache=cache)
+    feats = place(arrays, device, name)
     del arrays
     gt_a = gt_v = None
     if truth:
         gt_a = llp.read_dense_matrix(args.eval_audio, filenames)
         gt_v = llp.read_dense_matrix(args.eval_visual, filenames)
-    return Split(filenames, labels, feats, gt_a, gt_v, path=label_csv)
+    return Split(filenames, labels, feats, device, gt_a, gt_v, path=label_csv)
+
+
+CACHE_MIN_VIDEOS = 2000     # packed caches pay off for LLP-sized splits, not for small demos
+GPU_RESIDENT_FRACTION = 0.5  # keep a split on the GPU when it takes at most this share of free memory
+
+
+def place(arrays, device, name):
+    """numpy arrays -> tensors for `device`: resident on the GPU when they fit, else kept on the
+    host and streamed batch by batch (said on stdout). One copy per process either way."""
+    nbytes = sum(a.nbytes for a in arrays.values())
+    with warnings.catch_warnings():  # memory-mapped caches are read-only; tensors are never written
+        warnings.simplefilter("ignore", UserWarning)
+        host = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    if device.type != "cuda":
+        return host
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= GPU_RESIDENT_FRACTION * free:
+        return {k: v.to(device) for k, v in host.items()}
+    print(f"{name}: features ({nbytes / 2**30:.1f} GiB) do not fit on {device} "
+          f"({free / 2**30:.1f} GiB free): streaming batches from host memory")
+    return host
 
 
 # ----------------------------------------------------------------------------- model, optimizer
@@ -150,8 +189,14 @@ def arch_of(args):
     return {"num_classes": llp.NUM_CLASSES, "d_model": 512, "frame_pool": args.frame_pool}
 
 
-def build_optimizer(args, model):
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+def build_optimizer(args, model, capturable=False):
+    """Adam + StepLR. capturable: Adam keeps its step count and lr on the device (a CUDA graph
+    replays them), same update rule."""
+    if capturable:
+        dev = next(model.parameters()).device
+        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(args.lr, device=dev), capturable=True)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
     return opt, sched
 
@@ -165,9 +210,53 @@ class Trainer:
         self.args, self.model, self.split, self.device = args, model, split, device
         self.t_video, self.t_audio, self.t_visual = (torch.as_tensor(t, dtype=torch.float32, device=device)
                                                      for t in targets)
-        self.opt, self.sched = build_optimizer(args, model)
+        self.use_graph = device.type == "cuda" and args.graph != "off" and split.resident
+        if args.graph == "on" and device.type != "cuda":
+            print("note: --graph on needs CUDA; training eagerly on", device)
+        self.opt, self.sched = build_optimizer(args, model, capturable=self.use_graph)
+        self.graph = None
         # batch order comes from its own generator so that resume can restore it exactly
         self.gen = torch.Generator().manual_seed(args.seed)
+
+    # -- one training step, eager
+    def step(self, idx):
+        loss = self.loss(idx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    # -- the same step captured in one CUDA graph (full batches only)
+    def capture(self):
+        """Record forward + backward + Adam for a batch of args.batch_size videos.
+
+        Warm-up steps (needed before capture) would change the weights and Adam's moments; both
+        are snapshotted first and written back in place afterwards, so capturing leaves the
+        training trajectory as if it never ran.
+        """
+        bs, n = self.args.batch_size, len(self.split)
+        self.static_idx = torch.arange(bs, device=self.device) % n
+        params = list(self.model.parameters())
+        saved_p = [p.detach().clone() for p in params]
+        saved_s = {p: {k: v.clone() for k, v in self.opt.state[p].items() if torch.is_tensor(v)}
+                   for p in params if p in self.opt.state}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.step(self.static_idx)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self.step(self.static_idx)
+        with torch.no_grad():
+            for p, v in zip(params, saved_p):
+                p.copy_(v)
+            for p in params:
+                for k, v in self.opt.state.get(p, {}).items():
+                    if torch.is_tensor(v):
+                        v.copy_(saved_s[p][k]) if p in saved_s else v.zero_()
 
     def loss(self, idx):
         out = self.model(*self.split.inputs(idx))
@@ -182,17 +271,20 @@ class Trainer:
         perm = torch.randperm(n, generator=self.gen).to(self.device)
         nb = math.ceil(n / bs)
         losses = torch.zeros(nb, device=self.device)
+        if self.use_graph and self.graph is None and n >= bs:
+            self.capture()
         bar = tqdm(range(nb), desc=f"epoch {epoch}", leave=False, disable=self.args.no_progress, mininterval=1.0)
         for b in bar:
             idx = perm[b * bs:(b + 1) * bs]
-            loss = self.loss(idx)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            losses[b] = loss.detach()
+            if self.graph is not None and len(idx) == bs:
+                self.static_idx.copy_(idx)
+                self.graph.replay()
+                losses[b] = self.static_loss
+            else:  # eager: CPU, --no-graph, or the last partial batch
+                losses[b] = self.step(idx)
             if self.device.type == "cpu" and not math.isfinite(losses[b].item()):
                 break
-        self.sched.step()
+        self.sched_step()
         losses = losses.cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
@@ -200,15 +292,37 @@ class Trainer:
                             f"training stopped, last good checkpoint left intact")
         return float(losses.mean())
 
+    def sched_step(self):
+        """StepLR; with a device lr (graph) the new value is written into the same tensor."""
+        lr_t = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        if torch.is_tensor(lr_t):
+            new = self.opt.param_groups[0]["lr"]
+            lr_t.fill_(float(new))
+            self.opt.param_groups[0]["lr"] = lr_t
+
+    def lr(self):
+        return float(self.opt.param_groups[0]["lr"])
+
     # -- checkpoint state
     def state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "rng": rng_state(self.gen)}
+        opt = self.opt.state_dict()
+        for g in opt["param_groups"]:  # store lr as a number: loadable by eager and graph runs alike
+            g["lr"] = float(g["lr"])
+        sched = self.sched.state_dict()
+        sched["_last_lr"] = [float(x) for x in sched.get("_last_lr", [])]
+        return {"model": self.model.state_dict(), "optimizer": opt,
+                "scheduler": sched, "rng": rng_state(self.gen)}
 
     def load_state(self, ckpt):
+        lr_t = self.opt.param_groups[0]["lr"]
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
+        if torch.is_tensor(lr_t):  # keep the device lr the graph will read
+            lr_t.fill_(float(self.opt.param_groups[0]["lr"]))
+            for g in self.opt.param_groups:
+                g["lr"] = lr_t
         set_rng_state(ckpt["rng"], self.gen)
 
 
@@ -243,14 +357,15 @@ def predict(model, split, batch_size=256, swap=None):
     n = len(split)
     outs = {k: [] for k in ("video_prob", "audio_prob", "visual_prob", "frame_prob")}
     dev = split.feats["audio"].device
+    if swap is not None:
+        partner = torch.as_tensor(swap[0], device=dev)
     for s in range(0, n, batch_size):
         idx = torch.arange(s, min(s + batch_size, n), device=dev)
         a_idx = v_idx = idx
         if swap is not None:
-            partner, which = swap
-            j = torch.as_tensor(partner, device=dev)[idx]
-            a_idx, v_idx = (j, idx) if which == "audio" else (idx, j)
-        out = model(split.feats["audio"][a_idx], split.feats["video"][v_idx], split.feats["st"][v_idx])
+            j = partner[idx]
+            a_idx, v_idx = (j, idx) if swap[1] == "audio" else (idx, j)
+        out = model(*split.inputs(a_idx, v_idx))
         for k in outs:
             outs[k].append(getattr(out, k).float().cpu())
     model.train(was_training)
@@ -294,7 +409,8 @@ def save_checkpoint(path, trainer, args, epoch, metrics, stage, extra=None):
 
 def load_checkpoint(path, hint=None):
     if not os.path.isfile(path):
-        msg = f"{path}: checkpoint not found"
+        where = path if os.path.isabs(path) else f"{path} (= {os.path.abspath(path)})"
+        msg = f"{where}: checkpoint not found"
         raise AVVPError(msg + (f"; {hint}" if hint else ""))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -309,7 +425,7 @@ def load_model_strict(model, ckpt, path):
     """Load weights strictly; an architecture mismatch is a one-line error naming the checkpoint."""
     try:
         model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:  # TypeError: 'model' is not a state dict at all
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise AVVPError(f"{path}: architecture does not match this model ({detail[:300]})") from None
@@ -322,12 +438,17 @@ def fit(args, trainer, val, test, stage, device, extra=None):
     val_metrics.json, and finally evaluates test and writes test_metrics.json.
     """
     path = checkpoint_path(args)
+    ensure_writable_dir(args.model_save_dir, "--model_save_dir")  # fail now, not after the first epoch
     start = 1
     if args.resume and os.path.isfile(path):
         ckpt = load_checkpoint(path)
         if ckpt.get("stage") != stage:
             raise AVVPError(f"{path}: checkpoint is from {ckpt.get('stage')}, cannot resume {stage}")
-        trainer.load_state(ckpt)
+        load_model_strict(trainer.model, ckpt, path)
+        try:
+            trainer.load_state(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise AVVPError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e})") from None
         start = ckpt["epoch"] + 1
         print(f"resuming {path} after epoch {ckpt['epoch']}")
     elif args.resume:
@@ -339,7 +460,7 @@ def fit(args, trainer, val, test, stage, device, extra=None):
         t1 = time.time()
         metrics = evaluate(trainer.model, val, args.eval_batch_size)
         t2 = time.time()
-        print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.opt.param_groups[0]['lr']:.2e} "
+        print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
               f"train {t1 - t0:.1f}s val {t2 - t1:.1f}s | val {metrics_line(metrics)}", flush=True)
         save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra)
     if metrics is not None:

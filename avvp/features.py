@@ -3,13 +3,15 @@
 A video's feature file is `<dir>/<first 11 chars of filename>.npy`. Files may be float16,
 float32 or float64; everything is computed in float32.
 """
+import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
 from .llp import video_id
-from .utils import AVVPError
+from .utils import AVVPError, atomic_path
 
 # modality key -> (default folder name, shape of one video's array)
 MODALITIES = {
@@ -47,6 +49,10 @@ def load_feature(folder, filename, shape):
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # corrupt or truncated .npy: numpy raises several exception types
         raise AVVPError(f"{path}: cannot read .npy ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray):  # e.g. an .npz archive saved under a .npy name
+        if hasattr(arr, "close"):
+            arr.close()
+        raise AVVPError(f"{path}: not a .npy array (got {type(arr).__name__})")
     return check_array(arr, shape, path)
 
 
@@ -60,13 +66,40 @@ def segment_means(video):
     return video.reshape(video.shape[:-2] + (10, FRAMES_PER_SEGMENT, video.shape[-1])).mean(-2)
 
 
-def load_split(dirs, filenames, desc="features", progress=True, pool_frames=False):
+def _fill(arr, folder, filenames, shape, pool, desc, progress):
+    """Read every video's file into arr[i], with as many reader threads as cores (np.load
+    releases the GIL while reading); errors name the first bad file."""
+    def one(i):
+        x = load_feature(folder, filenames[i], shape)
+        arr[i] = segment_means(x) if pool else x
+
+    workers = max(1, min(16, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as ex:
+        list(tqdm(ex.map(one, range(len(filenames))), total=len(filenames), desc=desc, leave=False,
+                  disable=not progress, mininterval=1.0))
+
+
+def _cache_key(folder, filenames, pool):
+    """Hash of the split's file list and each file's size and mtime: any change rebuilds the cache."""
+    h = hashlib.sha1(f"v1|pool={pool}|".encode())
+    for name in filenames:
+        st = os.stat(feature_path(folder, name))
+        h.update(f"{video_id(name)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def load_split(dirs, filenames, desc="features", progress=True, pool_frames=False, cache=True):
     """Load a whole split into one float32 array per modality.
 
     dirs: dict modality key ('audio', 'video', 'st') -> folder.
     pool_frames: store res152 as (N, 10, 2048) segment means instead of (N, 80, 2048) (see
     MMIL_Net's frame_pool='early'); done per file, so the full array is never held.
-    Returns dict key -> (N, *shape) float32 array, rows in the order of `filenames`.
+    cache: keep a packed copy of the split next to the per-video files
+    (`<folder>/.packed/<key>.npy`, keyed by the file list, sizes and mtimes, so it is rebuilt
+    when any file changes) and memory-map it on later runs: one sequential read instead of one
+    file per video. An unwritable folder just means no cache.
+    Returns dict key -> (N, *shape) float32 array (possibly a read-only memory map), rows in the
+    order of `filenames`.
     """
     out = {}
     for key, folder in dirs.items():
@@ -74,10 +107,27 @@ def load_split(dirs, filenames, desc="features", progress=True, pool_frames=Fals
         if not os.path.isdir(folder):
             raise AVVPError(f"{folder}: feature folder not found (needed for {MODALITIES[key][0]} features)")
         pool = pool_frames and key == "video"
-        arr = np.empty((len(filenames),) + ((10, shape[1]) if pool else shape), dtype=np.float32)
-        it = tqdm(filenames, desc=f"{desc} {MODALITIES[key][0]}", leave=False, disable=not progress, mininterval=1.0)
-        for i, name in enumerate(it):
-            x = load_feature(folder, name, shape)
-            arr[i] = segment_means(x) if pool else x
+        full = (len(filenames),) + ((10, shape[1]) if pool else shape)
+        label = f"{desc} {MODALITIES[key][0]}"
+        packed = None
+        if cache:
+            packed = os.path.join(folder, ".packed", _cache_key(folder, filenames, pool) + ".npy")
+            if os.path.isfile(packed):
+                try:
+                    arr = np.load(packed, mmap_mode="r")
+                    if arr.shape == full and arr.dtype == np.float32:
+                        out[key] = arr
+                        continue
+                except (OSError, ValueError):
+                    pass  # unreadable cache: rebuild it
+        arr = np.empty(full, dtype=np.float32)
+        _fill(arr, folder, filenames, shape, pool, label, progress)
+        if packed is not None:
+            try:
+                with atomic_path(packed) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, arr)
+            except AVVPError:
+                pass  # read-only feature folder: run without a cache
         out[key] = arr
     return out
