@@ -125,10 +125,17 @@ def feature_dirs(args):
     return {"audio": args.audio_dir, "video": args.video_dir, "st": args.st_dir}
 
 
-def load_split(args, label_csv, device, truth=False, name="split"):
-    """Read a label file and its features (validated) into a Split on `device`."""
-    weak = llp.read_weak(label_csv)
-    filenames, labels = weak.filenames, weak.labels
+def load_split(args, label_csv, device, truth=False, name="split", filenames=None):
+    """Read a label file and its features (validated) into a Split on `device`.
+
+    filenames: load these videos instead, with no labels (Split.labels None); label_csv then only
+    names the split in messages.
+    """
+    if filenames is None:
+        weak = llp.read_weak(label_csv)
+        filenames, labels = weak.filenames, weak.labels
+    else:
+        filenames, labels = list(filenames), None
     dirs = feature_dirs(args)
     for key, folder in dirs.items():
         if not os.path.isdir(folder):
@@ -147,7 +154,7 @@ def load_split(args, label_csv, device, truth=False, name="split"):
         print(f"warning: {name}: skipping {len(missing)} of {len(filenames)} videos with missing feature files",
               file=sys.stderr)
         filenames = [f for f, k in zip(filenames, keep) if k]
-        labels = labels[keep]
+        labels = None if labels is None else labels[keep]
         if not filenames:
             raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
     cache = args.feature_cache == "on" or (args.feature_cache == "auto" and len(filenames) >= CACHE_MIN_VIDEOS)
@@ -472,7 +479,18 @@ def fit(args, trainer, val, test, stage, device, extra=None):
     if ckpt is not None:
         ckpt["metrics"] = {"val": metrics, "test": test_metrics}
         atomic_torch_save(ckpt, path)
+    print(memory_line(device))
     return test_metrics
+
+
+def memory_line(device):
+    """Peak resident memory of this process, and peak GPU memory when on CUDA."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    line = f"peak memory: RSS {rss:.2f} GiB"
+    if device.type == "cuda":
+        line += f", GPU {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    return line
 
 
 def eval_only(args, stage, model, device, split_csv, split_name, hint):
