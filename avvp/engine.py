@@ -103,7 +103,7 @@ class Split:
         self.labels = labels            # (N, 25) float32 numpy
         self.feats = feats              # dict audio/video/st -> (N, ...) tensor, on `device` or on the host
         self.device = device            # where the model runs
-        self.resident = feats["audio"].device == device  # False: batches are gathered on the host and copied
+        self.resident = feats["audio"].device.type == device.type  # False: batches are gathered on the host and copied
         self.gt_a, self.gt_v = gt_a, gt_v  # (N, 25, 10) uint8 or None
         self.path = path
 

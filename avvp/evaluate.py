@@ -250,7 +250,7 @@ def evaluate_files(label_csv, eval_audio, eval_visual, pred_audio, pred_visual):
     names = split.filenames
     mats = []
     for path, is_pred in ((eval_audio, False), (eval_visual, False), (pred_audio, True), (pred_visual, True)):
-        events = llp.read_dense(path)
+        events = llp.read_dense(path, allow_empty=is_pred)  # a model may predict no event at all
         if is_pred and len(events) and not pd.Index(names).isin(events["filename"]).any():
             warnings.warn(f"{path}: none of its {len(events)} row(s) names a video of {label_csv} "
                           f"(wrong split?); every prediction is empty", UserWarning, stacklevel=2)

@@ -40,13 +40,16 @@ def video_id(filename):
     return filename[:11]
 
 
-def read_table(path, columns):
-    """Read a tab-separated LLP file as strings; returns (DataFrame, line numbers of its rows)."""
+def read_table(path, columns, allow_empty=False):
+    """Read a tab-separated LLP file as strings; returns (DataFrame, line numbers of its rows).
+
+    allow_empty: a header-only file is valid (a prediction file of a model that predicts nothing).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AVVPError(f"{path}: label file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the header
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise AVVPError(f"{path}: cannot read ({e})") from None
@@ -64,7 +67,7 @@ def read_table(path, columns):
         fields = line.split("\t")
         rows.append(fields + [""] * (len(header) - len(fields)))
         line_nos.append(ln)
-    if not rows:
+    if not rows and not allow_empty:
         raise AVVPError(f"{path}: header only, no rows")
     width = len(header)
     df = pd.DataFrame([r[:width] for r in rows], columns=header, dtype=str)
@@ -122,24 +125,26 @@ def read_weak(path):
     return WeakLabels(names.tolist(), labels, path=os.fspath(path))
 
 
-def read_dense(path, warn=True):
+def read_dense(path, warn=True, allow_empty=False):
     """Read a dense (eval or prediction) file into a validated DataFrame.
 
     Returns columns filename (str), onset (int), offset (int), cls (int class index), line (int).
-    Malformed rows (bad filename, non-integer or out-of-range onset/offset) are dropped with a
-    warning naming their line numbers, so that they can never be attached to a video.
+    Malformed rows (bad filename, non-integer or out-of-range onset/offset, no class or several
+    classes in one row) are dropped with a warning naming their line numbers, so that they can
+    never be attached to a video.
     Rows with onset >= offset cover no segment (as in the released code, where
     `GT[c, on:off] = 1` is then a no-op); they are kept and mark nothing. Unknown class names
     are an error.
     """
-    df, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"])
+    df, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"], allow_empty=allow_empty)
     onset = pd.to_numeric(df["onset"], errors="coerce").to_numpy()
     offset = pd.to_numeric(df["offset"], errors="coerce").to_numpy()
     with np.errstate(invalid="ignore"):
         ok_num = (np.isfinite(onset) & np.isfinite(offset) & (onset == np.round(onset)) & (offset == np.round(offset))
                   & (onset >= 0) & (onset <= NUM_SEGMENTS) & (offset >= 0) & (offset <= NUM_SEGMENTS))
     ok_name = df["filename"].str.match(FILENAME_RE).to_numpy()
-    ok = ok_num & ok_name
+    ok_one = np.asarray([sum(1 for c in t.split(",") if c.strip()) == 1 for t in df["event_labels"]], dtype=bool)
+    ok = ok_num & ok_name & ok_one
     if not ok.all():
         bad_lines = line_nos[~ok].tolist()
         if warn:

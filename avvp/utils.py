@@ -5,6 +5,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -19,16 +20,48 @@ def cli(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        old_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
         try:
             return main(*args, **kwargs)
         except AVVPError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)
+        finally:
+            warnings.formatwarning = old_format
 
     return wrapper
+
+
+def one_line(msg):
+    """A message on one line: inner newlines (e.g. from a library's exception text) become spaces."""
+    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {one_line(message)}\n"
+
+
+def ensure_writable_dir(folder, what="output folder"):
+    """Create `folder` if needed and check a file can be created in it, before any long work."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise AVVPError(f"{folder}: {what} is not writable ({e.strerror or e})") from None
+
+
+def _read_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -48,6 +81,7 @@ def atomic_path(path):
         raise AVVPError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -80,7 +114,10 @@ def atomic_write_text(path, text):
 
 def atomic_torch_save(obj, path):
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        # through a Python file object: a full disk is then an OSError (ENOSPC) that atomic_path
+        # reports in one line; torch.save(obj, filename) would raise an opaque RuntimeError instead
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def seed_everything(seed):

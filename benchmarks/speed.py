@@ -150,30 +150,39 @@ def main():
     p.add_argument("--no_graph", action="store_true")
     p.add_argument("--baseline_batches", type=int, default=200, help="baseline batches timed (extrapolated to an epoch)")
     p.add_argument("--skip_cold", action="store_true", help="only the run with a packed cache")
+    p.add_argument("--skip_warm", action="store_true", help="only the run that builds the packed cache")
     args = p.parse_args()
     work = Path(args.workdir)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     data, feats = make_data(work, args.train, args.val, args.test)
     print(f"data: {args.train}/{args.val}/{args.test} videos in {work} ({time.perf_counter() - t0:.1f}s to make)")
+    hdr = (f"{'run':14s} {'stage1':>8s} {'stage2':>8s} {'stage3':>8s} {'total':>8s} {'epoch':>7s} "
+           f"{'1st ep':>7s} {'val':>6s}  peak memory (stage 3)")
+
+    def row(label, r):
+        tot = sum(r[s]["wall"] for s in r)
+        return (f"{label:14s} {r['stage1']['wall']:8.1f} {r['stage2']['wall']:8.1f} {r['stage3']['wall']:8.1f} "
+                f"{tot:8.1f} {r['stage1']['epoch']:7.2f} {r['stage1']['first_epoch']:7.2f} {r['stage1']['val']:6.2f}  "
+                f"{r['stage3']['mem']}")
+
     runs = []
-    if not args.skip_cold:
+    if not args.skip_cold:  # printed as soon as each part ends: a time limit still leaves figures
         for d in ("vggish", "res152", "r2plus1d_18"):
             shutil.rmtree(feats / d / ".packed", ignore_errors=True)
         runs.append(("no cache yet", run_pipeline(data, feats, work, args)))
-    runs.append(("packed cache", run_pipeline(data, feats, work, args)))
+        print(f"device: {runs[0][1]['stage1']['device']}; cpu cores: {os.cpu_count()}\n{hdr}\n{row(*runs[-1])}",
+              flush=True)
     base, done, nb = baseline_epoch(data, feats, device, args.baseline_batches)
-    print(f"\ndevice: {runs[0][1]['stage1']['device']}; cpu cores: {os.cpu_count()}")
-    print(f"{'run':14s} {'stage1':>8s} {'stage2':>8s} {'stage3':>8s} {'total':>8s} {'epoch':>7s} "
-          f"{'1st ep':>7s} {'val':>6s}  peak memory (stage 3)")
-    for label, r in runs:
-        tot = sum(r[s]["wall"] for s in r)
-        print(f"{label:14s} {r['stage1']['wall']:8.1f} {r['stage2']['wall']:8.1f} {r['stage3']['wall']:8.1f} "
-              f"{tot:8.1f} {r['stage1']['epoch']:7.2f} {r['stage1']['first_epoch']:7.2f} {r['stage1']['val']:6.2f}  "
-              f"{r['stage3']['mem']}")
-    ours = runs[-1][1]["stage1"]["epoch"]
     print(f"baseline (per-file .npy DataLoader, batch 16, eager, fc_v on 80 frames): {base:.2f} s/epoch "
-          f"(timed {done} of {nb} batches); ours {ours:.2f} s/epoch -> {base / ours:.1f}x per epoch")
+          f"(timed {done} of {nb} batches)", flush=True)
+    if not args.skip_warm:
+        runs.append(("packed cache", run_pipeline(data, feats, work, args)))
+    print(f"\ndevice: {runs[-1][1]['stage1']['device']}; cpu cores: {os.cpu_count()}\n{hdr}")
+    for r in runs:
+        print(row(*r))
+    ours = runs[-1][1]["stage1"]["epoch"]
+    print(f"baseline {base:.2f} s/epoch; ours {ours:.2f} s/epoch -> {base / ours:.1f}x per epoch")
     print("stage 3 tail:\n  " + "\n  ".join(runs[-1][1]["stage3"]["tail"]))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from avvp import engine, llp
-from avvp.utils import AVVPError, atomic_write_text, cli
+from avvp.utils import AVVPError, atomic_write_text, cli, ensure_writable_dir
 
 import dataloader
 import model as stage_model
@@ -54,6 +54,7 @@ def drop_quality(drop, weak, truth_present):
 def main(argv=None):
     args = get_args(argv)
     device = engine.setup(args)
+    ensure_writable_dir(args.output_dir, "--output_dir")  # fail before any work
     ckpt_path = engine.checkpoint_path(args)
     net, ckpt = stage_model.load_frozen(ckpt_path, args, device)
     args.frame_pool = net.frame_pool

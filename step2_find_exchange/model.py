@@ -10,7 +10,8 @@ import torch
 from avvp import engine
 from avvp.model import MMIL_Net
 
-STAGE1_HINT = "run stage 1 first: cd ../step1_train_base_model && python main_avvp.py --mode train"
+STAGE1_HINT = ("run stage 1 first: cd ../step1_train_base_model && python main_avvp.py --mode train "
+               "(or point --model_save_dir / --checkpoint at its checkpoint)")
 
 
 def load_frozen(path, args, device):

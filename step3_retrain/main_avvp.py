@@ -2,11 +2,13 @@
 
     python main_avvp.py --mode retrain --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
     python main_avvp.py --mode test
+    python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
 """
 import argparse
+import os
 
-from avvp import engine, llp
-from avvp.utils import cli
+from avvp import engine, parse, llp
+from avvp.utils import AVVPError, cli
 
 import dataloader
 import model as stage_model
@@ -16,8 +18,10 @@ STAGE = "stage3"
 
 def get_args(argv=None):
     p = engine.argparser(__doc__)
-    p.add_argument("--mode", choices=["retrain", "val", "test"], default="retrain", help="what to do")
+    p.add_argument("--mode", choices=["retrain", "val", "test", "parse"], default="retrain",
+                   help="what to do (parse: write predicted event tables, see --parse_out)")
     engine.add_common_args(p, epochs=12)
+    parse.add_parse_args(p)
     g = p.add_argument_group("stage 3")
     g.add_argument("--label_ma", default="../step2_find_exchange/outputs/modality_aware_labels.csv",
                    help="modality-aware label CSV written by stage 2")
@@ -34,11 +38,17 @@ def main(argv=None):
     args = get_args(argv)
     device = engine.setup(args)
     net = stage_model.MMIL_Net(frame_pool=args.frame_pool).to(device)
+    if args.mode == "parse":
+        parse.run(args, STAGE, net, device, hint="train it first: python main_avvp.py --mode retrain")
+        return
     if args.mode in ("val", "test"):
         csv = args.label_val if args.mode == "val" else args.label_test
         engine.eval_only(args, STAGE, net, device, csv, args.mode, hint="train it first: python main_avvp.py --mode retrain")
         return
     # read the hand-off first: a bad CSV should fail before minutes of feature loading
+    if not os.path.isfile(args.label_ma):
+        raise AVVPError(f"{args.label_ma}: modality-aware label file not found; run stage 2 first: "
+                        f"cd ../step2_find_exchange && python main_avvp.py --mode estimate_labels (or pass --label_ma)")
     table = llp.read_modality_labels(args.label_ma)
     train = engine.load_split(args, args.label_train, device, name="train")
     audio, visual = dataloader.align_modality_labels(table, args.label_ma, train)

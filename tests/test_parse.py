@@ -1,0 +1,215 @@
+"""--mode parse (avvp/parse.py): event tables that score like engine.evaluate, pictures, unlabelled input.
+
+One tiny synthetic dataset and one stage-1 model (1 epoch) are shared by the module; the stage is
+run as a user runs it, with subprocess from its folder.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avvp import engine, llp, parse
+from avvp import evaluate as llp_eval
+from avvp.model import MMIL_Net
+from avvp.utils import AVVPError
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE1 = REPO / "step1_train_base_model"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KEYS = ["seg_a", "seg_v", "seg_av", "seg_type", "seg_event", "evt_a", "evt_v", "evt_av", "evt_type", "evt_event"]
+
+synth = pytest.importorskip("avvp.synth")
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
+    e["CUDA_VISIBLE_DEVICES"] = ""      # the tiny model trains on the CPU whatever the machine
+    e["OMP_NUM_THREADS"] = "1"          # tiny batches: one thread is 10x faster than two on a busy 2-core box
+    return e
+
+
+def paths_args(root, label_test=None):
+    d, f = root / "data", root / "feats"
+    return ["--audio_dir", str(f / "vggish"), "--video_dir", str(f / "res152"), "--st_dir", str(f / "r2plus1d_18"),
+            "--label_train", str(d / "AVVP_train.csv"), "--label_val", str(d / "AVVP_val_pd.csv"),
+            "--label_test", str(label_test or d / "AVVP_test_pd.csv"),
+            "--eval_audio", str(d / "AVVP_eval_audio.csv"), "--eval_visual", str(d / "AVVP_eval_visual.csv"),
+            "--model_save_dir", str(root / "models"), "--no_progress", "--device", "cpu"]
+
+
+def stage1(*argv, prelude=None):
+    """Run step1_train_base_model/main_avvp.py from its folder; prelude: python run before it."""
+    if prelude is None:
+        cmd = [sys.executable, "main_avvp.py", *argv]
+    else:
+        code = (f"import runpy, sys; {prelude}; sys.argv = ['main_avvp.py'] + {list(argv)!r}; "
+                f"runpy.run_path('main_avvp.py', run_name='__main__')")
+        cmd = [sys.executable, "-c", code]
+    return subprocess.run(cmd, cwd=STAGE1, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def ok(r):
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Tiny synthetic LLP set, a 1-epoch stage-1 model, and one labelled parse with --plot 2."""
+    root = tmp_path_factory.mktemp("parse")
+    synth.generate(root / "data", root / "feats", 24, 6, 10, 3, progress=False)
+    base = paths_args(root)
+    # 3 steps at a high lr: enough for the model to predict some audio and some visual events
+    ok(stage1("--mode", "train", "--epochs", "1", "--batch_size", "8", "--lr", "3e-3", *base))
+    out = root / "parsed"
+    r = ok(stage1("--mode", "parse", "--parse_out", str(out), "--plot", "2", *base))
+    # (avvp.evaluate refuses a header-only prediction file, so the round trip needs events of both kinds)
+    assert "parsed 10 videos: 10 audio and 10 visual events" in r.stdout, r.stdout
+    return root, base, out, r.stdout
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+    """engine.evaluate and engine.predict in this process, on the same checkpoint and test split."""
+    root, base, _, _ = trained
+    p = engine.add_common_args(engine.argparser("t"))
+    args = engine.parse_args(p, base)
+    model = MMIL_Net(frame_pool=args.frame_pool)
+    path = engine.checkpoint_path(args)
+    engine.load_model_strict(model, engine.load_checkpoint(path), path)
+    import torch
+    split = engine.load_split(args, args.label_test, torch.device("cpu"), truth=True, name="test")
+    probs = engine.predict(model, split, 256)
+    return split, probs, engine.evaluate(model, split, 256, probs=probs)
+
+
+def test_parse_scores_round_trip_through_the_evaluate_cli(trained, reference):
+    root, _, out, stdout = trained
+    _, _, want = reference
+    d = root / "data"
+    r = subprocess.run([sys.executable, "-m", "avvp.evaluate", "--json", "--label", str(d / "AVVP_test_pd.csv"),
+                        "--eval_audio", str(d / "AVVP_eval_audio.csv"), "--eval_visual", str(d / "AVVP_eval_visual.csv"),
+                        "--pred_audio", str(out / "pred_audio.csv"), "--pred_visual", str(out / "pred_visual.csv")],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    got = json.loads(ok(r).stdout)
+    written = json.loads((out / "metrics.json").read_text())
+    for k in KEYS:
+        assert got[k] == pytest.approx(want[k], abs=1e-6), k
+        assert written[k] == pytest.approx(want[k], abs=1e-6), k
+    assert written["videos"] == 10 and written["epoch"] == 1 and written["stage"] == "stage1"
+    # the LLP table and the per-class report are printed
+    for line in llp_eval.format_table(want).splitlines():
+        assert line in stdout
+    assert "per-class segment F" in stdout
+
+
+def test_pred_tables_one_row_per_contiguous_run(trained, reference):
+    _, _, out, _ = trained
+    split, probs, _ = reference
+    pred_a, pred_v = llp_eval.predict_segments(probs["frame_prob"], probs["audio_prob"], probs["visual_prob"])
+    for kind, pred in (("audio", pred_a), ("visual", pred_v)):           # pred: (10, 25, 10)
+        df = pd.read_csv(out / f"pred_{kind}.csv", sep="\t")
+        assert list(df.columns) == ["filename", "onset", "offset", "event_labels"]
+        # as many rows as 0 -> 1 steps along the segments, none of them empty
+        steps = np.diff(np.pad(pred.astype(np.int8), ((0, 0), (0, 0), (1, 0))), axis=2) == 1
+        assert len(df) == int(steps.sum()) > 0
+        assert (df["offset"] > df["onset"]).all()
+        # runs of one (video, class) neither touch nor overlap: each is maximal
+        for _, g in df.sort_values("onset").groupby(["filename", "event_labels"]):
+            assert (g["onset"].to_numpy()[1:] > g["offset"].to_numpy()[:-1]).all()
+        # and together they give back the thresholded predictions exactly
+        assert np.array_equal(llp.read_dense_matrix(out / f"pred_{kind}.csv", split.filenames), pred)
+
+
+def test_video_probs_and_per_class_tables(trained, reference):
+    _, _, out, _ = trained
+    split, probs, _ = reference
+    vp = pd.read_csv(out / "video_probs.csv", sep="\t")
+    assert list(vp.columns) == ["filename", "class", "video_prob", "audio_prob", "visual_prob"]
+    assert len(vp) == 10 * 25
+    for key in ("video_prob", "audio_prob", "visual_prob"):
+        np.testing.assert_allclose(vp[key].to_numpy().reshape(10, 25), probs[key], atol=1e-6)
+    assert vp["filename"].iloc[25] == split.filenames[1] and vp["class"].iloc[26] == llp.CLASSES[1]
+    pc = pd.read_csv(out / "per_class_f.csv", sep="\t", index_col="class")
+    pred_a, pred_v = llp_eval.predict_segments(probs["frame_prob"], probs["audio_prob"], probs["visual_prob"])
+    want = llp_eval.per_class_segment_f(pred_a, pred_v, split.gt_a, split.gt_v)
+    np.testing.assert_allclose(pc.to_numpy(), want.to_numpy(), atol=1e-4)   # NaN where a class never occurs
+    assert list(pc.index) == llp.CLASSES
+
+
+def test_plot_writes_valid_pngs(trained, reference):
+    _, _, out, _ = trained
+    split = reference[0]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["per_class_f.png", f"timeline_01_{split.filenames[0]}.png", f"timeline_02_{split.filenames[1]}.png"]
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+    assert not list(out.glob(".*.tmp"))                                   # atomic writes left no temp file
+
+
+def test_parse_dir_needs_no_label_file(trained, reference, tmp_path):
+    root, _, out, _ = trained
+    split, probs, _ = reference
+    missing = tmp_path / "no_such_labels.csv"
+    args = paths_args(root, label_test=missing)
+    out_dir = tmp_path / "dir_parse"
+    # no label file, no truth file: the later --eval_* flags override the earlier ones
+    r = ok(stage1("--mode", "parse", "--parse_dir", str(root / "feats"), "--parse_out", str(out_dir), *args,
+                  "--label_train", str(missing), "--label_val", str(missing),
+                  "--eval_audio", str(missing), "--eval_visual", str(missing)))
+    assert sorted(p.name for p in out_dir.iterdir()) == ["pred_audio.csv", "pred_visual.csv", "video_probs.csv"]
+    vp = pd.read_csv(out_dir / "video_probs.csv", sep="\t")
+    ids = sorted(f[:11] for s in ("train", "val", "test")
+                 for f in llp.read_weak(root / "data" / synth.WEAK_FILES[s]).filenames)
+    assert sorted(vp["filename"].unique()) == ids and len(vp) == 40 * 25
+    # same model, same features: the test videos get the probabilities of the labelled parse
+    by_id = vp.set_index(["filename", "class"])
+    for i, f in enumerate(split.filenames):
+        rows = by_id.loc[f[:11]].loc[llp.CLASSES]
+        np.testing.assert_allclose(rows["audio_prob"].to_numpy(), probs["audio_prob"][i], atol=1e-6)
+    for kind in ("audio", "visual"):
+        df = pd.read_csv(out_dir / f"pred_{kind}.csv", sep="\t")
+        assert df["filename"].str.len().eq(11).all() and set(df["filename"]) <= set(ids)
+    assert "40 videos" in r.stdout
+
+
+def test_missing_matplotlib_is_one_line_exit_2(trained):
+    root, base, _, _ = trained
+    r = stage1("--mode", "parse", "--plot", "1", "--parse_out", str(root / "never"), *base,
+               prelude="sys.modules['matplotlib'] = None")
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert err == [f"error: {parse.MATPLOTLIB_HINT}"] and "pip install matplotlib" in err[0]
+    assert not (root / "never").exists()                                 # failed before writing anything
+
+
+def test_require_matplotlib_in_process(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(AVVPError, match="pip install matplotlib"):
+        parse.require_matplotlib()
+
+
+def test_parse_dir_folders_and_partial_ids(tmp_path, capsys):
+    import argparse
+    flags = argparse.Namespace(parse_dir="", audio_dir="a/", video_dir="v/", st_dir="s/")
+    assert parse.parse_dirs(flags) == {"audio": "a/", "video": "v/", "st": "s/"}      # bare --parse_dir
+    flags.parse_dir = str(tmp_path)
+    dirs = parse.parse_dirs(flags)
+    assert dirs == {"audio": str(tmp_path / "vggish"), "video": str(tmp_path / "res152"),
+                    "st": str(tmp_path / "r2plus1d_18")}
+    with pytest.raises(AVVPError, match="vggish: feature folder not found"):
+        parse.video_ids(dirs)
+    for d in dirs.values():
+        os.makedirs(d)
+        for vid in ("bbbbbbbbbbb", "aaaaaaaaaaa"):
+            np.save(os.path.join(d, vid + ".npy"), np.zeros(1))
+    np.save(os.path.join(dirs["st"], "ccccccccccc.npy"), np.zeros(1))                 # only one modality
+    assert parse.video_ids(dirs) == ["aaaaaaaaaaa", "bbbbbbbbbbb"]
+    assert "skipping 1 video id(s)" in capsys.readouterr().err
