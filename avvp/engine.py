@@ -62,6 +62,9 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
                    help="capture the whole training step (forward, backward, Adam) in one CUDA graph; "
                         "auto = on when training on CUDA. Same arithmetic as eager, fewer launches")
     g.add_argument("--no-graph", dest="graph", action="store_const", const="off", help="same as --graph off")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default, one per core). On a machine shared with "
+                        "other busy processes, 1 avoids thread contention")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
     g = p.add_argument_group("method")
     g.add_argument("--contrastive_weight", type=float, default=1.0,
@@ -85,9 +88,8 @@ def setup(args):
     """Seed everything, pick the device, print one line saying so."""
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        # workers matched to cores: torch defaults to all cores already; say what runs
-        pass
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                  f" ({torch.get_num_threads()} threads)") + f", seed {args.seed}")
     return device
@@ -504,6 +506,37 @@ def eval_only(args, stage, model, device, split_csv, split_name, hint):
     write_metrics(os.path.join(args.model_save_dir, f"{split_name}_metrics.json"), m,
                   {"epoch": ckpt.get("epoch")})
     return m
+
+
+def stage_parser(description, train_mode):
+    """Parser of a training stage: --mode TRAIN_MODE|val|test|parse, the shared flags, parse flags."""
+    from . import parse
+    p = argparser(description)
+    p.add_argument("--mode", choices=[train_mode, "val", "test", "parse"], default=train_mode,
+                   help="what to do (val/test: evaluate the checkpoint; parse: write predicted event tables)")
+    add_common_args(p, epochs=12)
+    parse.add_parse_args(p)
+    return p
+
+
+def run_eval_mode(args, stage, model, device, train_mode):
+    """--mode val | test | parse, shared by the training stages. Returns False for a training mode."""
+    hint = f"train it first: python main_avvp.py --mode {train_mode}"
+    if args.mode == "parse":
+        from . import parse  # parse builds on this module
+        parse.run(args, stage, model, device, hint=hint)
+    elif args.mode in ("val", "test"):
+        csv = args.label_val if args.mode == "val" else args.label_test
+        eval_only(args, stage, model, device, csv, args.mode, hint=hint)
+    else:
+        return False
+    return True
+
+
+def load_eval_splits(args, device):
+    """val and test splits with their dense truth."""
+    return (load_split(args, args.label_val, device, truth=True, name="val"),
+            load_split(args, args.label_test, device, truth=True, name="test"))
 
 
 def weak_targets(labels, visual_smoothing):

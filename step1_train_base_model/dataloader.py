@@ -5,9 +5,7 @@ from avvp import engine
 def load_data(args, device, train=True):
     """train split (weak labels only) and val/test splits with dense truth."""
     train_split = engine.load_split(args, args.label_train, device, name="train") if train else None
-    val = engine.load_split(args, args.label_val, device, truth=True, name="val")
-    test = engine.load_split(args, args.label_test, device, truth=True, name="test")
-    return train_split, val, test
+    return (train_split, *engine.load_eval_splits(args, device))
 
 
 def targets(split, args):

@@ -4,7 +4,7 @@
     python main_avvp.py --mode test      # evaluate models/MMIL_Net.pt on the test split
     python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
 """
-from avvp import engine, parse
+from avvp import engine
 from avvp.utils import cli
 
 import dataloader
@@ -14,11 +14,7 @@ STAGE = "stage1"
 
 
 def get_args(argv=None):
-    p = engine.argparser(__doc__)
-    p.add_argument("--mode", choices=["train", "val", "test", "parse"], default="train",
-                   help="what to do (parse: write predicted event tables, see --parse_out)")
-    engine.add_common_args(p, epochs=12)
-    parse.add_parse_args(p)
+    p = engine.stage_parser(__doc__, train_mode="train")
     return engine.parse_args(p, argv)
 
 
@@ -27,12 +23,7 @@ def main(argv=None):
     args = get_args(argv)
     device = engine.setup(args)
     net = stage_model.MMIL_Net(frame_pool=args.frame_pool).to(device)
-    if args.mode == "parse":
-        parse.run(args, STAGE, net, device, hint="train it first: python main_avvp.py --mode train")
-        return
-    if args.mode in ("val", "test"):
-        csv = args.label_val if args.mode == "val" else args.label_test
-        engine.eval_only(args, STAGE, net, device, csv, args.mode, hint="train it first: python main_avvp.py --mode train")
+    if engine.run_eval_mode(args, STAGE, net, device, train_mode="train"):
         return
     train, val, test = dataloader.load_data(args, device)
     trainer = engine.Trainer(args, net, train, dataloader.targets(train, args), device)

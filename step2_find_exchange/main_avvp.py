@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from avvp import engine, llp
-from avvp.utils import AVVPError, atomic_write_text, cli, ensure_writable_dir
+from avvp.utils import atomic_write_text, cli, ensure_writable_dir
 
 import dataloader
 import model as stage_model

@@ -7,7 +7,7 @@
 import argparse
 import os
 
-from avvp import engine, parse, llp
+from avvp import engine, llp
 from avvp.utils import AVVPError, cli
 
 import dataloader
@@ -17,11 +17,7 @@ STAGE = "stage3"
 
 
 def get_args(argv=None):
-    p = engine.argparser(__doc__)
-    p.add_argument("--mode", choices=["retrain", "val", "test", "parse"], default="retrain",
-                   help="what to do (parse: write predicted event tables, see --parse_out)")
-    engine.add_common_args(p, epochs=12)
-    parse.add_parse_args(p)
+    p = engine.stage_parser(__doc__, train_mode="retrain")
     g = p.add_argument_group("stage 3")
     g.add_argument("--label_ma", default="../step2_find_exchange/outputs/modality_aware_labels.csv",
                    help="modality-aware label CSV written by stage 2")
@@ -38,12 +34,7 @@ def main(argv=None):
     args = get_args(argv)
     device = engine.setup(args)
     net = stage_model.MMIL_Net(frame_pool=args.frame_pool).to(device)
-    if args.mode == "parse":
-        parse.run(args, STAGE, net, device, hint="train it first: python main_avvp.py --mode retrain")
-        return
-    if args.mode in ("val", "test"):
-        csv = args.label_val if args.mode == "val" else args.label_test
-        engine.eval_only(args, STAGE, net, device, csv, args.mode, hint="train it first: python main_avvp.py --mode retrain")
+    if engine.run_eval_mode(args, STAGE, net, device, train_mode="retrain"):
         return
     # read the hand-off first: a bad CSV should fail before minutes of feature loading
     if not os.path.isfile(args.label_ma):
@@ -52,8 +43,7 @@ def main(argv=None):
     table = llp.read_modality_labels(args.label_ma)
     train = engine.load_split(args, args.label_train, device, name="train")
     audio, visual = dataloader.align_modality_labels(table, args.label_ma, train)
-    val = engine.load_split(args, args.label_val, device, truth=True, name="val")
-    test = engine.load_split(args, args.label_test, device, truth=True, name="test")
+    val, test = engine.load_eval_splits(args, device)
     t = dataloader.targets(train.labels, audio, visual, args.visual_smoothing, args.quirk_video_target,
                            args.smooth_dropped)
     y = train.labels > 0

@@ -2,7 +2,6 @@
 the network, the contrastive target, the stage-2 drop rule and the stage-3 targets."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
