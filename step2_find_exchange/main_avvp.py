@@ -27,6 +27,9 @@ def get_args(argv=None):
     engine.add_common_args(p, epochs=0)
     p.set_defaults(model_save_dir="../step1_train_base_model/models/")
     g = p.add_argument_group("stage 2")
+    g.add_argument("--error_scale", choices=["class", "none"], default="class",
+                   help="class: thresholds scaled by stage 1's per-class train error / its max (released); "
+                        "none: a fixed threshold of --threshold_factor for every class")
     g.add_argument("--threshold_factor", type=float, default=0.5,
                    help="drop a label when both swapped probs fall below factor * normalised class error")
     g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
@@ -64,9 +67,15 @@ def main(argv=None):
     t0 = time.time()
     partner = dataloader.pick_partners(weak, args.seed, train.filenames)
     orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
-    drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor)
+    drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
+                                                                 args.error_scale)
     print(f"swapped passes over {len(train)} videos in {time.time() - t0:.2f}s")
 
+    for kind, scale in (("audio", a_class), ("visual", v_class)):
+        if not np.isfinite(scale).any():
+            print(f"note: stage 1 makes no {kind} error on the train labels in any class (thresholded at 0.5), "
+                  f"so the released per-class normalisation is 0/0 and no {kind} label can be dropped; "
+                  f"--error_scale none uses a fixed threshold instead")
     keep_a = (weak > 0) & ~drop_a
     keep_v = (weak > 0) & ~drop_v
     out_csv = os.path.join(args.output_dir, args.output)

@@ -46,7 +46,7 @@ def class_error_scale(prob, labels):
         return err / err.max()
 
 
-def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5):
+def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5, error_scale="class"):
     """MA's drop rule (METHOD.md section 4), vectorised.
 
     labels (N, C) weak labels; orig / vis_swapped / aud_swapped: dicts with 'audio_prob' and
@@ -54,11 +54,16 @@ def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5):
     Drop the VISUAL label c of video i if, with the audio swapped, both its visual and audio prob of c
     fall below factor * v_class[c]; drop the AUDIO label if, with the visual swapped, both fall below
     factor * a_class[c]. Written as p / scale < factor like the released code, so a zero or NaN scale
-    never drops. Returns (drop_audio, drop_visual) (N, C) bool, a_class (C,), v_class (C,).
+    never drops. error_scale='none' (an option, not the released rule) uses a scale of 1 for every
+    class: a fixed threshold `factor`, which still works when stage 1 fits the train labels exactly.
+    Returns (drop_audio, drop_visual) (N, C) bool, a_class (C,), v_class (C,).
     """
     y = labels > 0
-    a_class = class_error_scale(orig["audio_prob"], labels)
-    v_class = class_error_scale(orig["visual_prob"], labels)
+    if error_scale == "none":
+        a_class = v_class = np.ones(labels.shape[1])
+    else:
+        a_class = class_error_scale(orig["audio_prob"], labels)
+        v_class = class_error_scale(orig["visual_prob"], labels)
     with np.errstate(invalid="ignore", divide="ignore"):
         drop_v = y & (aud_swapped["visual_prob"] / v_class < factor) & (aud_swapped["audio_prob"] / v_class < factor)
         drop_a = y & (vis_swapped["audio_prob"] / a_class < factor) & (vis_swapped["visual_prob"] / a_class < factor)

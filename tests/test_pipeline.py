@@ -196,6 +196,11 @@ def test_drop_rule_on_hand_made_probabilities():
     zero = {"audio_prob": np.zeros((4, 2)), "visual_prob": np.zeros((4, 2))}
     da, dv, ac, vc = m.exchange_rule(labels, perfect, zero, zero)
     assert np.isnan(ac).all() and not da.any() and not dv.any()
+    # the fixed-threshold option drops every label whose swapped probs are both < 0.5
+    da, dv, ac, vc = m.exchange_rule(labels, perfect, zero, zero, error_scale="none")
+    assert np.array_equal(da, labels > 0) and np.array_equal(dv, labels > 0) and (ac == 1).all()
+    _, dv, _, _ = m.exchange_rule(labels, orig, vis_sw, aud_sw, error_scale="none")
+    assert dv.tolist() == [[True, False], [False, True], [False, False], [True, False]]
 
 
 def test_partners_share_no_class_and_are_seeded():
