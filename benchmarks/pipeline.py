@@ -9,6 +9,10 @@ On the default synthetic set (made first if absent), for every seed:
   stage3  retrained on stage 2's labels (full MA)
   oracle  stage 3 trained on the TRUE modality labels of the synthetic truth files: separates
           "the data rewards modality-aware labels" from "stage 2 finds them"
+  labels_only         the paper's "MA, labels only": stage 2 on the HAN model, stage 3 without the
+                      contrastive term
+  oracle_no_contrast  oracle labels, stage 3 without the contrastive term
+A run whose test_metrics.json exists is not run again (so variants can be added to a finished run).
 All runs use the same recipe (12 epochs, last epoch, batch 16). Prints mean +- std over seeds of
 the 10 LLP test numbers for each, and writes benchmarks/results/pipeline.{json,md}.
 """
@@ -30,7 +34,9 @@ NAMES = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "se
          "evt_a": "evt A", "evt_v": "evt V", "evt_av": "evt AV", "evt_type": "evt Type", "evt_event": "evt Event"}
 
 
-def stage(folder, args, log):
+def stage(folder, args, log, done=None):
+    if done is not None and Path(done).is_file():
+        return 0.0
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "main_avvp.py", *args], cwd=ROOT / folder, capture_output=True, text=True)
     log.write(f"$ (cd {folder} && python main_avvp.py {' '.join(args)})\n{r.stdout}\n{r.stderr}\n")
@@ -69,28 +75,44 @@ def main():
              "--epochs", str(a.epochs)]
     oracle = work / "oracle_labels.csv"
     oracle_csv(data, oracle)
-    res = {k: [] for k in ("HAN", "stage1", "stage3", "oracle")}
+    variants = {"HAN": "han", "stage1": "stage1", "stage3": "stage3", "labels_only": "labels_only",
+                "oracle": "oracle", "oracle_no_contrast": "oracle_no_contrast"}
+    res = {k: [] for k in variants}
+    quality_han = []
     quality, times = [], []
     with open(work / "log.txt", "w") as log:
         for s in a.seeds:
             w = work / f"seed{s}"
             sp = [*paths, "--seed", str(s)]
             t0 = time.perf_counter()
-            stage("step1_train_base_model", ["--mode", "train", *sp, "--contrastive_weight", "0",
-                                             "--model_save_dir", f"{w}/han"], log)
-            stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log)
+            truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
+                     "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
+            no_c = ["--contrastive_weight", "0"]
+            stage("step1_train_base_model", ["--mode", "train", *sp, *no_c, "--model_save_dir", f"{w}/han"], log,
+                  w / "han" / "test_metrics.json")
+            stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log,
+                  w / "stage1" / "test_metrics.json")
             stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/stage1",
-                                          "--output_dir", f"{w}/stage2",
-                                          "--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
-                                          "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"], log)
+                                          "--output_dir", f"{w}/stage2", *truth], log,
+                  w / "stage2" / "estimate_meta.json")
             stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/stage3",
-                                    "--label_ma", f"{w}/stage2/modality_aware_labels.csv"], log)
+                                    "--label_ma", f"{w}/stage2/modality_aware_labels.csv"], log,
+                  w / "stage3" / "test_metrics.json")
             stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
-                                    "--label_ma", str(oracle)], log)
+                                    "--label_ma", str(oracle)], log, w / "oracle" / "test_metrics.json")
+            stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
+                                          "--output_dir", f"{w}/stage2_han", *truth], log,
+                  w / "stage2_han" / "estimate_meta.json")
+            stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/labels_only",
+                                    "--label_ma", f"{w}/stage2_han/modality_aware_labels.csv"], log,
+                  w / "labels_only" / "test_metrics.json")
+            stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/oracle_no_contrast",
+                                    "--label_ma", str(oracle)], log, w / "oracle_no_contrast" / "test_metrics.json")
             times.append(time.perf_counter() - t0)
-            for k, d in (("HAN", "han"), ("stage1", "stage1"), ("stage3", "stage3"), ("oracle", "oracle")):
+            for k, d in variants.items():
                 res[k].append(json.loads((w / d / "test_metrics.json").read_text()))
             quality.append(json.loads((w / "stage2" / "estimate_meta.json").read_text())["quality"])
+            quality_han.append(json.loads((w / "stage2_han" / "estimate_meta.json").read_text())["quality"])
             print(f"seed {s} done in {times[-1]:.0f}s", flush=True)
 
     lines = [f"Synthetic LLP default set, test split; mean +- std over seeds {a.seeds}; "
@@ -102,19 +124,20 @@ def main():
         summary[name] = m
         lines.append(f"| {name} | " + " | ".join(f"{m[k][0]:.1f} +- {m[k][1]:.1f}" for k in KEYS) + " |")
     lines.append("")
-    for kind in ("audio", "visual"):
-        q = [x[kind] for x in quality]
-        lines.append(f"stage 2 dropped {kind} labels: "
+    for (src, qs), kind in ((x, k) for x in (("stage-1 model", quality), ("HAN model", quality_han))
+                            for k in ("audio", "visual")):
+        q = [x[kind] for x in qs]
+        lines.append(f"stage 2 on the {src}, dropped {kind} labels: "
                      + "; ".join(f"seed {s}: {x['dropped']} dropped, precision {x['precision']:.3f}, "
                                  f"recall {x['recall']:.3f}" for s, x in zip(a.seeds, q))
                      + f" (base rate {q[0]['base_rate']:.3f})")
-    lines.append(f"wall-clock per seed (5 runs): {np.mean(times):.0f} s")
+    lines.append(f"wall-clock per seed (runs made in this call): {np.mean(times):.0f} s")
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": res, "quality": quality,
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": res, "quality": quality, "quality_han": quality_han,
                                                     "seeds": a.seeds, "epochs": a.epochs}, indent=1))
 
 
