@@ -72,6 +72,9 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
     g.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature")
     g.add_argument("--contrastive_smoothing", type=float, default=0.1,
                    help="label smoothing of the contrastive target, spread over the 9 negatives")
+    g.add_argument("--contrastive_form", choices=["released", "ce"], default="released",
+                   help="released: -log(sum_j t_j p_j) as in the released LabelSmoothingNCELoss; "
+                        "ce: label-smoothed cross-entropy -sum_j t_j log p_j")
     g.add_argument("--visual_smoothing", type=float, default=0.1,
                    help="visual target = (1 - s) * y + s / 2 (released: 0.1, i.e. 0.9 y + 0.05)")
     return p
@@ -271,7 +274,8 @@ class Trainer:
         out = self.model(*self.split.inputs(idx))
         a = self.args
         loss, _ = mmil_loss(out, self.t_video[idx], self.t_audio[idx], self.t_visual[idx],
-                            a.contrastive_weight, a.temperature, a.contrastive_smoothing)
+                            a.contrastive_weight, a.temperature, a.contrastive_smoothing,
+                            getattr(a, "contrastive_form", "released"))
         return loss
 
     def train_epoch(self, epoch):

@@ -94,18 +94,23 @@ class MMIL_Net(nn.Module):
         return Output(video_prob, audio_prob, visual_prob, frame_prob, a_out, x_v)
 
 
-def contrastive_loss(audio_feat, visual_input, temperature=0.2, smoothing=0.1):
+def contrastive_loss(audio_feat, visual_input, temperature=0.2, smoothing=0.1, form="released"):
     """MA's audio-visual temporal contrastive term.
 
     Cosine similarity of every audio segment (after the attention layer) with every visual
-    segment (before it), / temperature: a (B, 10, 10) matrix. Cross-entropy over visual segments
-    for each audio segment, positive = same segment with weight 1 - smoothing, the 9 negatives
-    smoothing / 9 each; mean over the B * 10 audio segments.
+    segment (before it), / temperature, softmax over the visual segments: p (B, 10, 10). The
+    target t puts 1 - smoothing on the same segment and smoothing / 9 on each other one.
+    form='released' (the released LabelSmoothingNCELoss): mean over the B * 10 audio segments of
+    -log(sum_j t_j p_j), the log of the target-weighted probability;
+    form='ce': label-smoothed cross-entropy, mean of -sum_j t_j log p_j (an option, not released).
     """
     a = F.normalize(audio_feat, dim=-1)                                      # (B, T, d)
     v = F.normalize(visual_input, dim=-1)                                    # (B, T, d)
-    logp = torch.log_softmax(torch.bmm(a, v.transpose(1, 2)) / temperature, dim=-1)  # (B, T, T)
-    return -(contrastive_target(logp.shape[-1], smoothing, logp) * logp).sum(-1).mean()
+    logits = torch.bmm(a, v.transpose(1, 2)) / temperature                   # (B, T, T)
+    target = contrastive_target(logits.shape[-1], smoothing, logits)         # (T, T)
+    if form == "ce":
+        return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+    return -torch.log((target * torch.softmax(logits, dim=-1)).sum(-1)).mean()
 
 
 def contrastive_target(t, smoothing, like):
@@ -116,7 +121,7 @@ def contrastive_target(t, smoothing, like):
 
 
 def mmil_loss(out, target_video, target_audio, target_visual, contrastive_weight=1.0,
-              temperature=0.2, smoothing=0.1):
+              temperature=0.2, smoothing=0.1, form="released"):
     """BCE(audio prob, Pa) + BCE(visual prob, Pv) + BCE(video prob, y) + w * contrastive.
 
     Probabilities are clamped to [1e-7, 1 - 1e-7] before BCE, as released. Targets (B, C).
@@ -128,6 +133,6 @@ def mmil_loss(out, target_video, target_audio, target_visual, contrastive_weight
             + bce(clamp(out.video_prob), target_video))
     nce = None
     if contrastive_weight:
-        nce = contrastive_loss(out.audio_feat, out.visual_input, temperature, smoothing)
+        nce = contrastive_loss(out.audio_feat, out.visual_input, temperature, smoothing, form)
         loss = loss + contrastive_weight * nce
     return loss, nce

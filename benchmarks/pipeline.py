@@ -62,6 +62,8 @@ def main():
     p.add_argument("--workdir", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--device", default="auto")
+    p.add_argument("--extras", action="store_true",
+                   help="also run labels_only and oracle_no_contrast (3 more runs per seed)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipeline"))
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
@@ -100,26 +102,35 @@ def main():
                   w / "stage3" / "test_metrics.json")
             stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
                                     "--label_ma", str(oracle)], log, w / "oracle" / "test_metrics.json")
-            stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
-                                          "--output_dir", f"{w}/stage2_han", *truth], log,
-                  w / "stage2_han" / "estimate_meta.json")
-            stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/labels_only",
-                                    "--label_ma", f"{w}/stage2_han/modality_aware_labels.csv"], log,
-                  w / "labels_only" / "test_metrics.json")
-            stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/oracle_no_contrast",
-                                    "--label_ma", str(oracle)], log, w / "oracle_no_contrast" / "test_metrics.json")
+            if a.extras:
+                stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
+                                              "--output_dir", f"{w}/stage2_han", *truth], log,
+                      w / "stage2_han" / "estimate_meta.json")
+                stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/labels_only",
+                                        "--label_ma", f"{w}/stage2_han/modality_aware_labels.csv"], log,
+                      w / "labels_only" / "test_metrics.json")
+                stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/oracle_no_contrast",
+                                        "--label_ma", str(oracle)], log, w / "oracle_no_contrast" / "test_metrics.json")
             times.append(time.perf_counter() - t0)
-            for k, d in variants.items():
-                res[k].append(json.loads((w / d / "test_metrics.json").read_text()))
-            quality.append(json.loads((w / "stage2" / "estimate_meta.json").read_text())["quality"])
-            quality_han.append(json.loads((w / "stage2_han" / "estimate_meta.json").read_text())["quality"])
             print(f"seed {s} done in {times[-1]:.0f}s", flush=True)
+        for s in a.seeds:
+            w = work / f"seed{s}"
+            for k, d in variants.items():
+                f = w / d / "test_metrics.json"
+                if f.is_file():
+                    res[k].append(json.loads(f.read_text()))
+            quality.append(json.loads((w / "stage2" / "estimate_meta.json").read_text())["quality"])
+            f = w / "stage2_han" / "estimate_meta.json"
+            if f.is_file():
+                quality_han.append(json.loads(f.read_text())["quality"])
 
-    lines = [f"Synthetic LLP default set, test split; mean +- std over seeds {a.seeds}; "
+    lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / 'AVVP_train.csv'))} train videos), test split; mean +- std over seeds {a.seeds}; "
              f"{a.epochs} epochs, last epoch, batch 16.", "",
              "| method | " + " | ".join(NAMES[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     summary = {}
     for name, runs in res.items():
+        if not runs:
+            continue
         m = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in KEYS}
         summary[name] = m
         lines.append(f"| {name} | " + " | ".join(f"{m[k][0]:.1f} +- {m[k][1]:.1f}" for k in KEYS) + " |")
@@ -127,6 +138,8 @@ def main():
     for (src, qs), kind in ((x, k) for x in (("stage-1 model", quality), ("HAN model", quality_han))
                             for k in ("audio", "visual")):
         q = [x[kind] for x in qs]
+        if not q:
+            continue
         lines.append(f"stage 2 on the {src}, dropped {kind} labels: "
                      + "; ".join(f"seed {s}: {x['dropped']} dropped, precision {x['precision']:.3f}, "
                                  f"recall {x['recall']:.3f}" for s, x in zip(a.seeds, q))

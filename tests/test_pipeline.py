@@ -159,8 +159,12 @@ def test_contrastive_target_and_loss():
     eye = torch.eye(10).unsqueeze(0).repeat(2, 1, 1)
     feats = torch.cat([eye, torch.zeros(2, 10, 6)], dim=-1)  # (2, 10, 16)
     logz = np.log(np.exp(5.0) + 9.0)
-    expected = 0.9 * (logz - 5.0) + 0.1 * logz
+    # released form: -log(0.9 p_pos + 9 * (0.1 / 9) p_neg)
+    expected = logz - np.log(0.9 * np.exp(5.0) + 0.1)
     assert contrastive_loss(feats, feats, 0.2, 0.1).item() == pytest.approx(expected, rel=1e-5)
+    # cross-entropy form: 0.9 (log Z - 5) + 0.1 log Z
+    expected_ce = 0.9 * (logz - 5.0) + 0.1 * logz
+    assert contrastive_loss(feats, feats, 0.2, 0.1, form="ce").item() == pytest.approx(expected_ce, rel=1e-5)
     # weight 0 gives the HAN loss (no contrastive term)
     net = MMIL_Net().eval()
     out = net(torch.randn(2, 10, 128), torch.rand(2, 10, 2048), torch.randn(2, 10, 512))
