@@ -227,6 +227,10 @@ class Trainer:
             print("note: --graph on needs CUDA; training eagerly on", device)
         self.opt, self.sched = build_optimizer(args, model, capturable=self.use_graph)
         self.graph = None
+        print("training path: " + ("features on the GPU, step in one CUDA graph" if self.use_graph else
+                                   "features on the GPU, eager steps" if device.type == "cuda" and split.resident
+                                   else "batches streamed from host memory, eager steps" if device.type == "cuda"
+                                   else f"CPU, eager steps, {torch.get_num_threads()} threads"))
         # batch order comes from its own generator so that resume can restore it exactly
         self.gen = torch.Generator().manual_seed(args.seed)
 
