@@ -278,8 +278,7 @@ class Trainer:
         out = self.model(*self.split.inputs(idx))
         a = self.args
         loss, _ = mmil_loss(out, self.t_video[idx], self.t_audio[idx], self.t_visual[idx],
-                            a.contrastive_weight, a.temperature, a.contrastive_smoothing,
-                            getattr(a, "contrastive_form", "released"))
+                            a.contrastive_weight, a.temperature, a.contrastive_smoothing, a.contrastive_form)
         return loss
 
     def train_epoch(self, epoch):
@@ -471,6 +470,7 @@ def fit(args, trainer, val, test, stage, device, extra=None):
     elif args.resume:
         print(f"--resume: no checkpoint at {path}, starting from scratch")
     metrics = None
+    last = start - 1  # the epoch the trainer's state belongs to
     for epoch in range(start, args.epochs + 1):
         t0 = time.time()
         loss = trainer.train_epoch(epoch)
@@ -480,15 +480,14 @@ def fit(args, trainer, val, test, stage, device, extra=None):
         print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
               f"train {t1 - t0:.1f}s val {t2 - t1:.1f}s | val {metrics_line(metrics)}", flush=True)
         save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra)
+        last = epoch
     if metrics is not None:
         write_metrics(os.path.join(args.model_save_dir, "val_metrics.json"), metrics, {"epoch": args.epochs})
     test_metrics = evaluate(trainer.model, test, args.eval_batch_size)
     print(llp_eval.format_table(test_metrics, title=f"{stage}: test set ({len(test)} videos), last epoch"))
     write_metrics(os.path.join(args.model_save_dir, "test_metrics.json"), test_metrics, {"epoch": args.epochs})
-    ckpt = load_checkpoint(path) if os.path.isfile(path) else None
-    if ckpt is not None:
-        ckpt["metrics"] = {"val": metrics, "test": test_metrics}
-        atomic_torch_save(ckpt, path)
+    if os.path.isfile(path):  # the same state as the last epoch's checkpoint, now with the test metrics
+        save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra)
     print(memory_line(device))
     return test_metrics
 
@@ -503,11 +502,18 @@ def memory_line(device):
     return line
 
 
-def eval_only(args, stage, model, device, split_csv, split_name, hint):
-    """--mode val|test: load the stage's checkpoint strictly into `model` and print the LLP table."""
+def load_stage_checkpoint(args, model, hint):
+    """Load the stage's checkpoint (--model_save_dir/--checkpoint) strictly into `model`; returns it."""
     path = checkpoint_path(args)
     ckpt = load_checkpoint(path, hint)
     load_model_strict(model, ckpt, path)
+    return ckpt
+
+
+def eval_only(args, stage, model, device, split_csv, split_name, hint):
+    """--mode val|test: load the stage's checkpoint strictly into `model` and print the LLP table."""
+    path = checkpoint_path(args)
+    ckpt = load_stage_checkpoint(args, model, hint)
     split = load_split(args, split_csv, device, truth=True, name=split_name)
     m = evaluate(model, split, args.eval_batch_size)
     print(llp_eval.format_table(m, title=f"{stage}: {split_name} set ({len(split)} videos), {path}"))

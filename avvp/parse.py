@@ -85,14 +85,19 @@ def load_dir_split(args, device):
     return engine.load_split(args, f"--parse_dir {' '.join(dirs.values())}", device, name="parse", filenames=ids)
 
 
-def truth_coverage(args, filenames):
-    """How many of `filenames` have a row in --eval_audio or --eval_visual (0 when a file is absent)."""
+def attach_truth(args, split):
+    """Attach dense truth from --eval_audio/--eval_visual when they name the split's videos.
+
+    Each eval file is read once. Returns how many videos of the split they name (0 when a file is absent).
+    """
     if not (os.path.isfile(args.eval_audio) and os.path.isfile(args.eval_visual)):
         return 0
-    # warn=False: engine.load_split reads them again and reports malformed rows once
-    named = (set(llp.read_dense(args.eval_audio, warn=False)["filename"])
-             | set(llp.read_dense(args.eval_visual, warn=False)["filename"]))
-    return sum(f in named for f in filenames)
+    events = [llp.read_dense(args.eval_audio), llp.read_dense(args.eval_visual)]
+    named = set(events[0]["filename"]) | set(events[1]["filename"])
+    covered = sum(f in named for f in split.filenames)
+    if covered:
+        split.gt_a, split.gt_v = (llp.dense_matrix(e, split.filenames) for e in events)
+    return covered
 
 
 def load_input(args, device):
@@ -100,13 +105,12 @@ def load_input(args, device):
     if args.parse_dir is not None:
         return load_dir_split(args, device)
     label = args.parse_label or args.label_test
-    names = llp.read_weak(label).filenames           # fail on a bad label file before loading features
-    covered = truth_coverage(args, names)
-    split = engine.load_split(args, label, device, truth=covered > 0, name="parse")
+    split = engine.load_split(args, label, device, name="parse")  # reads and checks the label file first
+    covered, n = attach_truth(args, split), len(split)
     if covered == 0:
         print(f"note: {args.eval_audio} / {args.eval_visual} name no video of {label}: parsing without scoring")
-    elif covered < len(names):
-        print(f"warning: {len(names) - covered} of {len(names)} videos of {label} have no row in "
+    elif covered < n:
+        print(f"warning: {n - covered} of {n} videos of {label} have no row in "
               f"{args.eval_audio} or {args.eval_visual}; scored as having no event", file=sys.stderr)
     return split
 
@@ -130,14 +134,6 @@ def probs_table(probs, filenames):
 
 # ----------------------------------------------------------------------------- the whole run
 
-def load_model(args, model, hint):
-    """Load the stage checkpoint strictly into `model`; returns the checkpoint dict."""
-    path = engine.checkpoint_path(args)
-    ckpt = engine.load_checkpoint(path, hint)
-    engine.load_model_strict(model, ckpt, path)
-    return ckpt
-
-
 def run(args, stage, model, device, hint=None):
     """--mode parse: checkpoint -> predictions -> files in args.parse_out (and pictures).
 
@@ -150,7 +146,7 @@ def run(args, stage, model, device, hint=None):
         raise AVVPError("--parse_dir and --parse_label exclude each other (a folder of features, or a label file)")
     if args.plot:
         require_matplotlib()                          # fail before minutes of loading, not after
-    ckpt = load_model(args, model, hint)
+    ckpt = engine.load_stage_checkpoint(args, model, hint)
     split = load_input(args, device)
     probs = engine.predict(model, split, args.eval_batch_size)      # (N, 25) probs, frame_prob (N, 10, 2, 25)
     res = write_outputs(args.parse_out, split, probs, extra={"stage": stage, "checkpoint": engine.checkpoint_path(args),

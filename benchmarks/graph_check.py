@@ -38,7 +38,7 @@ def sync(device):
 def run(graph, split, base_model, args, device, epochs):
     a = SimpleNamespace(batch_size=args.batch_size, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1,
                         graph="on" if graph else "off", no_progress=True, contrastive_weight=1.0,
-                        temperature=0.2, contrastive_smoothing=0.1)
+                        temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released")
     model = copy.deepcopy(base_model)
     t = engine.weak_targets(split.labels, 0.1)
     tr = engine.Trainer(a, model, split, t, device)
