@@ -5,6 +5,7 @@ Features of a split are loaded once into one tensor per modality, kept on the tr
 and batches are gathered there by index: no per-sample file reads, no DataLoader workers.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,8 +21,8 @@ from tqdm import tqdm
 from . import evaluate as llp_eval
 from . import features, llp
 from .model import mmil_loss
-from .utils import (AVVPError, atomic_torch_save, atomic_write_text, ensure_writable_dir, resolve_device,
-                    seed_everything)
+from .utils import (AVVPError, BackgroundSaver, atomic_torch_save, atomic_write_text, clock, ensure_writable_dir,
+                    resolve_device, seed_everything)
 
 ARCH_KEYS = ("num_classes", "d_model", "frame_pool")
 
@@ -88,11 +89,15 @@ def parse_args(parser, argv=None):
 
 
 def setup(args):
-    """Seed everything, pick the device, print one line saying so."""
+    """Seed everything, pick the device (and start CUDA, timed), print one line saying so."""
+    clock.reset()
     seed_everything(args.seed)
     device = resolve_device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        with clock("cuda init"):  # context creation, otherwise hidden in the first .to(device)
+            torch.zeros(1, device=device)
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                  f" ({torch.get_num_threads()} threads)") + f", seed {args.seed}")
     return device
@@ -163,14 +168,15 @@ def load_split(args, label_csv, device, truth=False, name="split", filenames=Non
         if not filenames:
             raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
     cache = args.feature_cache == "on" or (args.feature_cache == "auto" and len(filenames) >= CACHE_MIN_VIDEOS)
-    arrays = features.load_split(dirs, filenames, desc=name, progress=not args.no_progress,
-                                 pool_frames=args.frame_pool == "early", cache=cache)
-    feats = place(arrays, device, name)
-    del arrays
-    gt_a = gt_v = None
-    if truth:
-        gt_a = llp.read_dense_matrix(args.eval_audio, filenames)
-        gt_v = llp.read_dense_matrix(args.eval_visual, filenames)
+    with clock("load"):
+        arrays = features.load_split(dirs, filenames, desc=name, progress=not args.no_progress,
+                                     pool_frames=args.frame_pool == "early", cache=cache)
+        feats = place(arrays, device, name)
+        del arrays
+        gt_a = gt_v = None
+        if truth:
+            gt_a = llp.read_dense_matrix(args.eval_audio, filenames)
+            gt_v = llp.read_dense_matrix(args.eval_visual, filenames)
     return Split(filenames, labels, feats, device, gt_a, gt_v, path=label_csv)
 
 
@@ -415,12 +421,16 @@ def checkpoint_path(args):
     return os.path.join(args.model_save_dir, args.checkpoint)
 
 
-def save_checkpoint(path, trainer, args, epoch, metrics, stage, extra=None):
+def save_checkpoint(path, trainer, args, epoch, metrics, stage, extra=None, saver=None):
+    """Write the trainer's state atomically; with a BackgroundSaver, on its thread (same bytes)."""
     ckpt = {"stage": stage, "epoch": epoch, "args": vars(args), "arch": arch_of(args), "metrics": metrics}
     ckpt.update(trainer.state())
     if extra:
         ckpt.update(extra)
-    atomic_torch_save(ckpt, path)
+    if saver is None:
+        atomic_torch_save(ckpt, path)
+    else:
+        saver.save(ckpt, path)
 
 
 def load_checkpoint(path, hint=None):
@@ -451,8 +461,20 @@ def fit(args, trainer, val, test, stage, device, extra=None):
     """Train for args.epochs (resuming if asked), evaluating val each epoch; keep the last epoch.
 
     Writes the checkpoint atomically after every epoch (so --resume and kill -9 are safe), then
-    val_metrics.json, and finally evaluates test and writes test_metrics.json.
+    val_metrics.json, and finally evaluates test and writes test_metrics.json. Checkpoints are
+    written on a background thread while the next epoch trains (a pure speed-up: the state is
+    snapshotted first, writes stay in order, and all are on disk when fit returns).
     """
+    saver = BackgroundSaver()
+    try:
+        return _fit(args, trainer, val, test, stage, device, extra, saver)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            saver.wait()
+        raise
+
+
+def _fit(args, trainer, val, test, stage, device, extra, saver):
     path = checkpoint_path(args)
     ensure_writable_dir(args.model_save_dir, "--model_save_dir")  # fail now, not after the first epoch
     start = 1
@@ -472,23 +494,31 @@ def fit(args, trainer, val, test, stage, device, extra=None):
     metrics = None
     last = start - 1  # the epoch the trainer's state belongs to
     for epoch in range(start, args.epochs + 1):
-        t0 = time.time()
-        loss = trainer.train_epoch(epoch)
-        t1 = time.time()
-        metrics = evaluate(trainer.model, val, args.eval_batch_size)
-        t2 = time.time()
+        t0 = time.perf_counter()
+        with clock("train"):
+            loss = trainer.train_epoch(epoch)
+        t1 = time.perf_counter()
+        with clock("val"):
+            metrics = evaluate(trainer.model, val, args.eval_batch_size)
+        t2 = time.perf_counter()
         print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
-              f"train {t1 - t0:.1f}s val {t2 - t1:.1f}s | val {metrics_line(metrics)}", flush=True)
-        save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra)
+              f"train {t1 - t0:.2f}s val {t2 - t1:.2f}s | val {metrics_line(metrics)}", flush=True)
+        with clock("save"):
+            save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra, saver)
         last = epoch
     if metrics is not None:
         write_metrics(os.path.join(args.model_save_dir, "val_metrics.json"), metrics, {"epoch": args.epochs})
-    test_metrics = evaluate(trainer.model, test, args.eval_batch_size)
+    with clock("test"):
+        test_metrics = evaluate(trainer.model, test, args.eval_batch_size)
     print(llp_eval.format_table(test_metrics, title=f"{stage}: test set ({len(test)} videos), last epoch"))
     write_metrics(os.path.join(args.model_save_dir, "test_metrics.json"), test_metrics, {"epoch": args.epochs})
-    if os.path.isfile(path):  # the same state as the last epoch's checkpoint, now with the test metrics
-        save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra)
+    with clock("save"):
+        saver.wait()  # the last epoch's checkpoint is on disk (or its error raised) before it is replaced
+        if os.path.isfile(path):  # the same state as the last epoch's checkpoint, now with the test metrics
+            save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra, saver)
+        saver.wait()
     print(memory_line(device))
+    print(clock.line())
     return test_metrics
 
 

@@ -5,7 +5,10 @@ import os
 import random
 import sys
 import tempfile
+import threading
+import time
 import warnings
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -138,3 +141,100 @@ def resolve_device(name="auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AVVPError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
     return dev
+
+
+# ----------------------------------------------------------------------------- background saves
+
+def _host_copy(obj):
+    """A deep copy of a checkpoint's nested dicts/lists with every tensor copied to host memory."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        new = type(obj)((k, _host_copy(v)) for k, v in obj.items())
+        if getattr(obj, "__dict__", None):  # a state_dict's OrderedDict carries _metadata (versions)
+            new.__dict__.update(obj.__dict__)
+        return new
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundSaver:
+    """atomic_torch_save on one background thread, so training goes on while a checkpoint is
+    serialised and fsynced. The object is snapshotted to host memory when save() is called
+    (later training steps cannot change what is written). One write at a time, in call order:
+    save() first waits for the previous write. A failed write raises AVVPError at the next
+    save() or wait(); the file it targeted keeps its previous complete content (atomic_path).
+    """
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def save(self, obj, path):
+        self.wait()
+        snapshot = _host_copy(obj)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, path), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, obj, path):
+        try:
+            atomic_torch_save(obj, path)
+        except BaseException as e:  # noqa: BLE001 -- handed to the main thread by wait()
+            self._error = e
+
+    def wait(self):
+        """Block until the pending write is on disk; re-raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+# ----------------------------------------------------------------------------- timing
+
+def process_age():
+    """Seconds since this process started (Linux /proc; None elsewhere): interpreter start-up and
+    imports included, which an in-process timer cannot see."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class PhaseClock:
+    """Wall-clock seconds per phase of a run (load, train, val, ...), summed over calls, and
+    printed as one `time:` line at the end so that a slow stage says where its time went."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.seconds = defaultdict(float)
+        self.t0 = time.perf_counter()
+        self.startup = process_age()  # interpreter + imports, up to the creation of this clock
+
+    @contextlib.contextmanager
+    def __call__(self, phase):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t
+
+    def line(self):
+        total = time.perf_counter() - self.t0
+        parts = [f"{k} {v:.2f}s" for k, v in self.seconds.items()]
+        parts.append(f"other {max(total - sum(self.seconds.values()), 0.0):.2f}s")
+        head = f"time: start-up {self.startup:.2f}s, " if self.startup is not None else "time: "
+        total += self.startup or 0.0
+        return head + ", ".join(parts) + f"; total {total:.2f}s"
+
+
+clock = PhaseClock()

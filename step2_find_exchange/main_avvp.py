@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from avvp import engine, llp
-from avvp.utils import atomic_write_text, cli, ensure_writable_dir
+from avvp.utils import atomic_write_text, cli, clock, ensure_writable_dir
 
 import dataloader
 import model as stage_model
@@ -59,17 +59,19 @@ def main(argv=None):
     device = engine.setup(args)
     ensure_writable_dir(args.output_dir, "--output_dir")  # fail before any work
     ckpt_path = engine.checkpoint_path(args)
-    net, ckpt = stage_model.load_frozen(ckpt_path, args, device)
+    with clock("load"):
+        net, ckpt = stage_model.load_frozen(ckpt_path, args, device)
     args.frame_pool = net.frame_pool
     print(f"stage 2: loaded {ckpt_path} (stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')})")
     train = dataloader.load_train(args, device)
     weak = train.labels
-    t0 = time.time()
-    partner = dataloader.pick_partners(weak, args.seed, train.filenames)
-    orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
-    drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
-                                                                 args.error_scale)
-    print(f"swapped passes over {len(train)} videos in {time.time() - t0:.2f}s")
+    t0 = time.perf_counter()
+    with clock("swap passes"):
+        partner = dataloader.pick_partners(weak, args.seed, train.filenames)
+        orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
+        drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
+                                                                     args.error_scale)
+    print(f"swapped passes over {len(train)} videos in {time.perf_counter() - t0:.2f}s")
 
     for kind, scale in (("audio", a_class), ("visual", v_class)):
         if not np.isfinite(scale).any():
@@ -119,6 +121,7 @@ def main(argv=None):
                   f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f})")
     atomic_write_text(os.path.join(args.output_dir, "estimate_meta.json"), json.dumps(meta, indent=2, default=str))
     print(f"wrote {out_csv}")
+    print(clock.line())
 
 
 if __name__ == "__main__":

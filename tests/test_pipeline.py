@@ -88,6 +88,13 @@ def test_end_to_end_files_and_handoffs(tiny, ran):
         assert 0.0 <= m["seg_type"] <= 100.0
         assert (out / d / "val_metrics.json").is_file()
     assert "Segment-level" in s3 and "Event-level" in s3
+    # each stage ends by saying where its time went
+    for out_text, phases in ((s1, ("load", "train", "val", "save", "test")), (s2, ("load", "swap passes")),
+                             (s3, ("load", "train", "val", "save", "test"))):
+        line = [ln for ln in out_text.splitlines() if ln.startswith("time: start-up ")]
+        assert len(line) == 1, out_text[-1500:]
+        for ph in phases:
+            assert f" {ph} " in line[0], (ph, line[0])
     # no temp files left behind by the atomic writers
     assert not [p for p in out.rglob("*.tmp")]
 

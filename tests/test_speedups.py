@@ -1,0 +1,95 @@
+"""Pure speed-ups must not change what is computed or written: background checkpoint writes
+(same bytes, state taken at save time, order kept, errors surfaced) and the phase clock."""
+import errno
+import os
+import re
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import avvp.utils
+from avvp import engine
+from avvp.model import MMIL_Net
+from avvp.utils import AVVPError, BackgroundSaver, PhaseClock, process_age
+
+
+def test_background_save_writes_the_state_as_it_was_at_save_time(tmp_path):
+    w = torch.arange(6, dtype=torch.float32)
+    obj = {"model": {"w": w}, "nested": [w, (w, 3)], "epoch": 2}
+    saver = BackgroundSaver()
+    saver.save(obj, tmp_path / "c.pt")
+    w.add_(100.0)  # training goes on while the file is written
+    saver.wait()
+    got = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert torch.equal(got["model"]["w"], torch.arange(6, dtype=torch.float32))
+    assert torch.equal(got["nested"][1][0], torch.arange(6, dtype=torch.float32)) and got["nested"][1][1] == 3
+    assert got["epoch"] == 2 and os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_background_saves_land_in_call_order(tmp_path):
+    saver = BackgroundSaver()
+    for epoch in range(1, 6):
+        saver.save({"epoch": epoch, "w": torch.full((1000,), float(epoch))}, tmp_path / "c.pt")
+    saver.wait()
+    got = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert got["epoch"] == 5 and float(got["w"][0]) == 5.0 and os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_background_save_error_is_raised_at_the_next_call_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    saver = BackgroundSaver()
+    saver.save({"epoch": 1}, path)
+    saver.wait()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(avvp.utils.os, "replace", full)
+    saver.save({"epoch": 2}, path)  # returns at once; the write fails on the thread
+    with pytest.raises(AVVPError, match=r"c\.pt: No space left on device \(previous file left intact\)"):
+        saver.wait()
+    saver.wait()  # reported once
+    assert torch.load(path, weights_only=False)["epoch"] == 1 and os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_background_checkpoint_is_byte_identical_to_a_synchronous_one(tmp_path):
+    torch.manual_seed(0)
+    args = SimpleNamespace(lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph="off", batch_size=4,
+                           frame_pool="early", no_progress=True, contrastive_weight=1.0, temperature=0.2,
+                           contrastive_smoothing=0.1, contrastive_form="released")
+    n = 8
+    feats = {"audio": torch.randn(n, 10, 128), "video": torch.rand(n, 10, 2048), "st": torch.randn(n, 10, 512)}
+    y = (torch.rand(n, 25) < 0.2).float().numpy()
+    split = engine.Split([f"v{i}_0_10" for i in range(n)], y, feats, torch.device("cpu"))
+    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(y, 0.1), torch.device("cpu"))
+    trainer.train_epoch(1)
+    engine.save_checkpoint(tmp_path / "sync.pt", trainer, args, 1, {"val": {"x": 1.0}}, "stage1")
+    saver = BackgroundSaver()
+    engine.save_checkpoint(tmp_path / "bg.pt", trainer, args, 1, {"val": {"x": 1.0}}, "stage1", saver=saver)
+    saver.wait()
+    assert (tmp_path / "sync.pt").read_bytes() == (tmp_path / "bg.pt").read_bytes()
+
+
+def test_phase_clock_sums_phases_and_accounts_for_the_rest():
+    clock = PhaseClock()
+    for _ in range(2):
+        with clock("train"):
+            time.sleep(0.03)
+    with clock("load"):
+        time.sleep(0.02)
+    time.sleep(0.02)
+    line = clock.line()
+    fig = {k: float(v) for k, v in re.findall(r"([a-z-]+) ([\d.]+)s", line)}
+    assert fig["train"] >= 0.06 and fig["load"] >= 0.02 and fig["other"] >= 0.02
+    assert fig["total"] >= fig["start-up"] + fig["train"] + fig["load"] + fig["other"] - 0.02
+    assert line.startswith("time: start-up ") and list(fig)[1:3] == ["train", "load"]
+
+
+def test_process_age_counts_from_process_start():
+    age = process_age()
+    if age is None:
+        pytest.skip("no /proc")
+    t = time.monotonic()
+    assert 0.0 < age < t + 1.0  # this process started after boot, and a while ago (imports ran)
