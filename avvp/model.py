@@ -52,13 +52,21 @@ class MMIL_Net(nn.Module):
     function (mean(W x + b) = W mean(x) + b) and the same gradients, up to float rounding; 'early'
     does 8x less work on the largest layer and lets the loader keep (N, 10, 2048) instead of
     (N, 80, 2048) in memory. A (B, 10, 2048) video input is taken as already averaged.
+
+    stack_modalities: run the shared hybrid attention layer ONCE on the audio and visual
+    sequences stacked along the batch, (2B, 10, d), instead of twice on (B, 10, d). Every sample
+    sees the same arithmetic (attention, LayerNorm and FFN are per sample), so outputs agree to
+    float rounding and half as many kernels are launched for the layer; in training the dropout
+    masks are drawn in another order, so the trajectory is a different (equally likely) draw,
+    not the released one bit for bit. Off by default.
     """
 
-    def __init__(self, num_classes=25, d_model=512, dropout=0.1, frame_pool="early"):
+    def __init__(self, num_classes=25, d_model=512, dropout=0.1, frame_pool="early", stack_modalities=False):
         super().__init__()
         if frame_pool not in ("early", "late"):
             raise ValueError(f"frame_pool must be 'early' or 'late', got {frame_pool!r}")
         self.frame_pool = frame_pool
+        self.stack_modalities = stack_modalities
         self.fc_a = nn.Linear(128, d_model)
         self.fc_v = nn.Linear(2048, d_model)
         self.fc_st = nn.Linear(512, d_model)
@@ -81,8 +89,12 @@ class MMIL_Net(nn.Module):
         x_a = self.fc_a(audio)                                              # (B, 10, d)
         x_v = self.fc_fusion(torch.cat([self.visual_frames(video), self.fc_st(st)], dim=-1))  # (B, 10, d)
         # both modalities attend from their pre-layer inputs
-        a_out = self.hat_encoder(x_a, x_v)                                   # (B, 10, d)
-        v_out = self.hat_encoder(x_v, x_a)                                   # (B, 10, d)
+        if self.stack_modalities:
+            both = self.hat_encoder(torch.cat([x_a, x_v]), torch.cat([x_v, x_a]))  # (2B, 10, d)
+            a_out, v_out = both.chunk(2)                                     # (B, 10, d) each
+        else:
+            a_out = self.hat_encoder(x_a, x_v)                               # (B, 10, d)
+            v_out = self.hat_encoder(x_v, x_a)                               # (B, 10, d)
         x = torch.stack([a_out, v_out], dim=2)                               # (B, 10, 2, d)
         frame_prob = torch.sigmoid(self.fc_prob(x))                          # (B, 10, 2, C)
         w_t = torch.softmax(self.fc_frame_att(x), dim=1)                     # over segments

@@ -71,7 +71,7 @@ def run_pipeline(data, feats, work, args):
               "--label_train", f"{data}/AVVP_train.csv", "--label_val", f"{data}/AVVP_val_pd.csv",
               "--label_test", f"{data}/AVVP_test_pd.csv", "--eval_audio", f"{data}/AVVP_eval_audio.csv",
               "--eval_visual", f"{data}/AVVP_eval_visual.csv", "--no_progress", "--device", args.device,
-              "--feature_cache", args.feature_cache] + (["--no-graph"] if args.no_graph else [])
+              "--feature_cache", args.feature_cache] + (["--no-graph"] if args.no_graph else []) + args.stage_args.split()
     ep = ["--epochs", str(args.epochs)] if args.epochs is not None else []
     stages = [("stage1", "step1_train_base_model", ["--mode", "train", *ep, "--model_save_dir", f"{work}/m1"]),
               ("stage2", "step2_find_exchange", ["--mode", "estimate_labels", "--model_save_dir", f"{work}/m1",
@@ -90,7 +90,9 @@ def run_pipeline(data, feats, work, args):
         vals = [float(x) for x in re.findall(r"val ([\d.]+)s \|", r.stdout)]
         mem = re.findall(r"peak memory: (.*)", r.stdout)
         dev = re.findall(r"device: (.*)", r.stdout)
-        res[name] = dict(wall=wall, epoch=np.median(trains) if trains else float("nan"),
+        timing = re.findall(r"^time: (.*)$", r.stdout, flags=re.M)
+        phases = dict((k, float(v)) for k, v in re.findall(r"([a-z][a-z -]*?) ([\d.]+)s", timing[-1])) if timing else {}
+        res[name] = dict(wall=wall, phases=phases, epoch=np.median(trains) if trains else float("nan"),
                          first_epoch=trains[0] if trains else float("nan"),
                          val=np.median(vals) if vals else float("nan"), mem=mem[-1] if mem else "",
                          device=dev[0] if dev else "", tail=r.stdout.strip().splitlines()[-8:])
@@ -151,6 +153,8 @@ def main():
     p.add_argument("--baseline_batches", type=int, default=200, help="baseline batches timed (extrapolated to an epoch)")
     p.add_argument("--skip_cold", action="store_true", help="only the run with a packed cache")
     p.add_argument("--skip_warm", action="store_true", help="only the run that builds the packed cache")
+    p.add_argument("--skip_baseline", action="store_true", help="no per-file baseline epoch")
+    p.add_argument("--stage_args", default="", help="extra flags for every stage, e.g. '--fused_adam --stack_modalities'")
     args = p.parse_args()
     work = Path(args.workdir)
     device = resolve_device(args.device)
@@ -173,16 +177,25 @@ def main():
         runs.append(("no cache yet", run_pipeline(data, feats, work, args)))
         print(f"device: {runs[0][1]['stage1']['device']}; cpu cores: {os.cpu_count()}\n{hdr}\n{row(*runs[-1])}",
               flush=True)
-    base, done, nb = baseline_epoch(data, feats, device, args.baseline_batches)
-    print(f"baseline (per-file .npy DataLoader, batch 16, eager, fc_v on 80 frames): {base:.2f} s/epoch "
-          f"(timed {done} of {nb} batches)", flush=True)
+    base = None
+    if not args.skip_baseline:
+        base, done, nb = baseline_epoch(data, feats, device, args.baseline_batches)
+        print(f"baseline (per-file .npy DataLoader, batch 16, eager, fc_v on 80 frames): {base:.2f} s/epoch "
+              f"(timed {done} of {nb} batches)", flush=True)
     if not args.skip_warm:
         runs.append(("packed cache", run_pipeline(data, feats, work, args)))
-    print(f"\ndevice: {runs[-1][1]['stage1']['device']}; cpu cores: {os.cpu_count()}\n{hdr}")
+    print(f"\ndevice: {runs[-1][1]['stage1']['device']}; cpu cores: {os.cpu_count()}; "
+          f"stage flags: {args.stage_args or '(defaults)'}\n{hdr}")
     for r in runs:
         print(row(*r))
+    print("\nwhere the time went (seconds, from each stage's `time:` line; wall = measured around the process):")
+    for label, r in runs:
+        for st in ("stage1", "stage2", "stage3"):
+            ph = r[st]["phases"]
+            print(f"  {label:14s} {st}: wall {r[st]['wall']:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
     ours = runs[-1][1]["stage1"]["epoch"]
-    print(f"baseline {base:.2f} s/epoch; ours {ours:.2f} s/epoch -> {base / ours:.1f}x per epoch")
+    if base is not None:
+        print(f"baseline {base:.2f} s/epoch; ours {ours:.2f} s/epoch -> {base / ours:.1f}x per epoch")
     print("stage 3 tail:\n  " + "\n  ".join(runs[-1][1]["stage3"]["tail"]))
 
 

@@ -93,3 +93,60 @@ def test_process_age_counts_from_process_start():
         pytest.skip("no /proc")
     t = time.monotonic()
     assert 0.0 < age < t + 1.0  # this process started after boot, and a while ago (imports ran)
+
+
+def _inputs(b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 10, 128, generator=g), torch.rand(b, 80, 2048, generator=g), torch.randn(b, 10, 512, generator=g)
+
+
+def test_stacked_modalities_compute_the_same_function_and_gradients():
+    torch.manual_seed(0)
+    plain = MMIL_Net(dropout=0.0)
+    stacked = MMIL_Net(dropout=0.0, stack_modalities=True)
+    stacked.load_state_dict(plain.state_dict())
+    a, v, s = _inputs()
+    y = (torch.rand(6, 25) < 0.2).float()
+    from avvp.model import mmil_loss
+    outs = []
+    for net in (plain, stacked):
+        out = net(a, v, s)
+        loss, _ = mmil_loss(out, y, y, 0.9 * y + 0.05)
+        net.zero_grad()
+        loss.backward()
+        outs.append((out, loss))
+    (o1, l1), (o2, l2) = outs
+    for f in o1._fields:
+        assert torch.allclose(getattr(o1, f), getattr(o2, f), atol=1e-5), f
+    assert abs(l1.item() - l2.item()) < 1e-5
+    for (name, p1), p2 in zip(plain.named_parameters(), stacked.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-5, rtol=1e-4), name
+    # and it is a different code path: the layer runs once on a (2B, 10, d) batch
+    calls = []
+    h = stacked.hat_encoder.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    stacked(a, v, s)
+    h.remove()
+    assert calls == [(12, 10, 512)]
+
+
+def test_fused_adam_follows_the_same_loss_trajectory():
+    n = 32
+    g = torch.Generator().manual_seed(1)
+    feats = {"audio": torch.randn(n, 10, 128, generator=g), "video": torch.rand(n, 10, 2048, generator=g),
+             "st": torch.randn(n, 10, 512, generator=g)}
+    y = (torch.rand(n, 25, generator=g) < 0.15).float().numpy()
+    split = engine.Split([f"v{i}_0_10" for i in range(n)], y, feats, torch.device("cpu"))
+    torch.manual_seed(0)
+    init = MMIL_Net(dropout=0.0).state_dict()
+    runs = {}
+    for fused in (False, True):
+        args = SimpleNamespace(lr=3e-4, lr_step=2, lr_gamma=0.1, seed=1, graph="off", batch_size=8,
+                               frame_pool="early", no_progress=True, contrastive_weight=1.0, temperature=0.2,
+                               contrastive_smoothing=0.1, contrastive_form="released", fused_adam=fused)
+        net = MMIL_Net(dropout=0.0)
+        net.load_state_dict(init)
+        tr = engine.Trainer(args, net, split, engine.weak_targets(y, 0.1), torch.device("cpu"))
+        assert tr.opt.defaults.get("fused") is (True if fused else None)
+        runs[fused] = [tr.train_epoch(e) for e in range(1, 4)]
+    assert runs[False][-1] < runs[False][0]  # it trains
+    assert runs[False] == pytest.approx(runs[True], rel=1e-4, abs=1e-5)
