@@ -64,6 +64,10 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--extras", action="store_true",
                    help="also run labels_only and oracle_no_contrast (3 more runs per seed)")
+    p.add_argument("--runs", nargs="+", choices=["HAN", "stage1", "stage3", "oracle"],
+                   default=["HAN", "stage1", "stage3", "oracle"], help="which runs (stage3 includes stage 1 and 2)")
+    p.add_argument("--stage_args", default="",
+                   help="extra flags for every stage, e.g. '--fused_adam --stack_modalities' (use its own --workdir)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipeline"))
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
@@ -74,7 +78,8 @@ def main():
              "--label_train", f"{data}/AVVP_train.csv", "--label_val", f"{data}/AVVP_val_pd.csv",
              "--label_test", f"{data}/AVVP_test_pd.csv", "--eval_audio", f"{data}/AVVP_eval_audio.csv",
              "--eval_visual", f"{data}/AVVP_eval_visual.csv", "--no_progress", "--device", a.device,
-             "--epochs", str(a.epochs)]
+             "--epochs", str(a.epochs), *a.stage_args.split()]
+    runs = set(a.runs) | ({"stage1"} if "stage3" in a.runs else set())
     oracle = work / "oracle_labels.csv"
     oracle_csv(data, oracle)
     variants = {"HAN": "han", "stage1": "stage1", "stage3": "stage3", "labels_only": "labels_only",
@@ -90,18 +95,22 @@ def main():
             truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
                      "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
             no_c = ["--contrastive_weight", "0"]
-            stage("step1_train_base_model", ["--mode", "train", *sp, *no_c, "--model_save_dir", f"{w}/han"], log,
-                  w / "han" / "test_metrics.json")
-            stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log,
-                  w / "stage1" / "test_metrics.json")
-            stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/stage1",
-                                          "--output_dir", f"{w}/stage2", *truth], log,
-                  w / "stage2" / "estimate_meta.json")
-            stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/stage3",
-                                    "--label_ma", f"{w}/stage2/modality_aware_labels.csv"], log,
-                  w / "stage3" / "test_metrics.json")
-            stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
-                                    "--label_ma", str(oracle)], log, w / "oracle" / "test_metrics.json")
+            if "HAN" in runs or a.extras:
+                stage("step1_train_base_model", ["--mode", "train", *sp, *no_c, "--model_save_dir", f"{w}/han"],
+                      log, w / "han" / "test_metrics.json")
+            if "stage1" in runs:
+                stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log,
+                      w / "stage1" / "test_metrics.json")
+            if "stage3" in runs:
+                stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/stage1",
+                                              "--output_dir", f"{w}/stage2", *truth], log,
+                      w / "stage2" / "estimate_meta.json")
+                stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/stage3",
+                                        "--label_ma", f"{w}/stage2/modality_aware_labels.csv"], log,
+                      w / "stage3" / "test_metrics.json")
+            if "oracle" in runs:
+                stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
+                                        "--label_ma", str(oracle)], log, w / "oracle" / "test_metrics.json")
             if a.extras:
                 stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
                                               "--output_dir", f"{w}/stage2_han", *truth], log,
@@ -119,13 +128,15 @@ def main():
                 f = w / d / "test_metrics.json"
                 if f.is_file():
                     res[k].append(json.loads(f.read_text()))
-            quality.append(json.loads((w / "stage2" / "estimate_meta.json").read_text())["quality"])
+            f = w / "stage2" / "estimate_meta.json"
+            if f.is_file():
+                quality.append(json.loads(f.read_text())["quality"])
             f = w / "stage2_han" / "estimate_meta.json"
             if f.is_file():
                 quality_han.append(json.loads(f.read_text())["quality"])
 
     lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / 'AVVP_train.csv'))} train videos), test split; mean +- std over seeds {a.seeds}; "
-             f"{a.epochs} epochs, last epoch, batch 16.", "",
+             f"{a.epochs} epochs, last epoch, batch 16; stage flags: {a.stage_args or '(defaults)'}.", "",
              "| method | " + " | ".join(NAMES[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     summary = {}
     for name, runs in res.items():
@@ -151,7 +162,8 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": res, "quality": quality, "quality_han": quality_han,
-                                                    "seeds": a.seeds, "epochs": a.epochs}, indent=1))
+                                                    "seeds": a.seeds, "epochs": a.epochs,
+                                                    "stage_args": a.stage_args}, indent=1))
 
 
 if __name__ == "__main__":
