@@ -46,3 +46,45 @@ def test_load_split_values_pooling_and_cache(tmp_path):
     # another order of the same videos is another split: rows follow the requested order
     rev = features.load_split(dirs, names[::-1], progress=False, cache=True)
     assert np.array_equal(rev["audio"][0], plain["audio"][4])
+
+
+def test_known_header_fast_path_reads_the_same_arrays_and_keeps_every_check(tmp_path, monkeypatch):
+    """After np.load has read one file, files with the same header are read without np.load; a
+    truncated, padded or NaN file still gets np.load's handling or check_array's error."""
+    import pytest
+
+    from avvp.utils import AVVPError
+    monkeypatch.setattr(features, "_KNOWN_HEADERS", {})
+    rng = np.random.default_rng(0)
+    x = [rng.standard_normal((10, 128)).astype(np.float32) for _ in range(3)]
+    for i, a in enumerate(x):
+        np.save(tmp_path / f"vid{i:08d}.npy", a)
+    first = features.load_feature(str(tmp_path), "vid00000000_0_10", (10, 128))  # np.load, learns the header
+    assert np.array_equal(first, x[0]) and len(features._KNOWN_HEADERS) == 1
+    real_load = np.load
+
+    def no_np_load(*a, **k):
+        raise AssertionError("np.load called")
+    monkeypatch.setattr(features.np, "load", no_np_load)
+    got = features.load_feature(str(tmp_path), "vid00000001_0_10", (10, 128))  # fast path only
+    assert np.array_equal(got, x[1]) and got.dtype == np.float32 and got.flags.writeable
+    monkeypatch.setattr(features.np, "load", real_load)
+    # truncated: same header, short data -> np.load's error, naming the file
+    path = tmp_path / "vid00000002.npy"
+    full = path.read_bytes()
+    path.write_bytes(full[:-100])
+    with pytest.raises(AVVPError, match=r"vid00000002\.npy: cannot read \.npy"):
+        features.load_feature(str(tmp_path), "vid00000002_0_10", (10, 128))
+    # trailing bytes: np.load ignores them, and so does the loader
+    path.write_bytes(full + b"\0" * 64)
+    assert np.array_equal(features.load_feature(str(tmp_path), "vid00000002_0_10", (10, 128)), x[2])
+    # a NaN read through the fast path is still refused
+    bad = x[2].copy()
+    bad[3, 4] = np.nan
+    np.save(path, bad)
+    with pytest.raises(AVVPError, match=r"vid00000002\.npy: 1 non-finite value"):
+        features.load_feature(str(tmp_path), "vid00000002_0_10", (10, 128))
+    # another shape under a known dtype: its own header, so np.load and the shape check
+    np.save(path, x[2][:, :64])
+    with pytest.raises(AVVPError, match=r"vid00000002\.npy: shape \(10, 64\) \(expected \(10, 128\)\)"):
+        features.load_feature(str(tmp_path), "vid00000002_0_10", (10, 128))
