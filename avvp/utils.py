@@ -83,11 +83,15 @@ def atomic_path(path):
     except OSError as e:
         raise AVVPError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
+    group = getattr(_group, "pending", None)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if group is not None:  # inside atomic_group(): renamed with the others at its end
+            group.append((tmp, path))
+            return
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
@@ -95,13 +99,51 @@ def atomic_path(path):
     except BaseException:
         _remove_quietly(tmp)
         raise
-    # make the rename itself durable
+    _fsync_dir(folder)  # make the rename itself durable
+
+
+def _fsync_dir(folder):
     with contextlib.suppress(OSError):
         dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+_group = threading.local()
+
+
+@contextlib.contextmanager
+def atomic_group():
+    """Files written with atomic_path inside this block (by this thread) replace their targets
+    together at its end: each is written and fsynced to a temp file first, then all are renamed
+    one after the other, so files that belong together (stage 2's label CSV, its evidence and its
+    metadata) are never left half old, half new by an error, and by a kill only within the few
+    microseconds of the renames. An error inside the block removes every temp file and changes
+    no target."""
+    if getattr(_group, "pending", None) is not None:  # nested: the outer group renames
+        yield
+        return
+    pending = _group.pending = []
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            _remove_quietly(tmp)
+        raise
+    finally:
+        _group.pending = None
+    for i, (tmp, path) in enumerate(pending):
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            for t, _ in pending[i:]:
+                _remove_quietly(t)
+            raise AVVPError(f"cannot write {path}: {e.strerror or e} ({i} of the {len(pending)} files "
+                            f"written together were already replaced)") from None
+    for folder in {os.path.dirname(os.path.abspath(p)) for _, p in pending}:
+        _fsync_dir(folder)
 
 
 def _remove_quietly(path):

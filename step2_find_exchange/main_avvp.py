@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from avvp import engine, llp
-from avvp.utils import atomic_write_text, cli, clock, ensure_writable_dir
+from avvp.utils import atomic_group, atomic_write_text, cli, clock, ensure_writable_dir
 
 import dataloader
 import model as stage_model
@@ -53,6 +53,24 @@ def drop_quality(drop, weak, truth_present):
             "base_rate": n_absent / max(int((weak > 0).sum()), 1)}
 
 
+def evidence_table(filenames, partner, orig, vis_swapped, aud_swapped, drop_a, drop_v, thr_a, thr_v):
+    """One row per dropped label: video, class, partner, the swapped and original probabilities
+    and the threshold (C,) that the swapped ones fell below."""
+    names, classes = np.asarray(filenames, dtype=object), np.asarray(llp.CLASSES, dtype=object)
+    rows = []
+    for kind, drop, swapped, thr in (("audio", drop_a, vis_swapped, thr_a), ("visual", drop_v, aud_swapped, thr_v)):
+        vi, ci = np.nonzero(drop)
+        rows.append(pd.DataFrame({
+            "filename": names[vi], "event_label": classes[ci], "dropped": kind, "partner": names[partner[vi]],
+            "swapped": "visual" if kind == "audio" else "audio",
+            "audio_prob_swapped": swapped["audio_prob"][vi, ci].round(6),
+            "visual_prob_swapped": swapped["visual_prob"][vi, ci].round(6),
+            "audio_prob_original": orig["audio_prob"][vi, ci].round(6),
+            "visual_prob_original": orig["visual_prob"][vi, ci].round(6),
+            "threshold": thr[ci].round(6)}))
+    return pd.concat(rows, ignore_index=True)
+
+
 @cli
 def main(argv=None):
     args = get_args(argv)
@@ -80,25 +98,8 @@ def main(argv=None):
                   f"--error_scale none uses a fixed threshold instead")
     keep_a = (weak > 0) & ~drop_a
     keep_v = (weak > 0) & ~drop_v
-    out_csv = os.path.join(args.output_dir, args.output)
-    llp.write_modality_labels(out_csv, train.filenames, weak, keep_a, keep_v)
-
-    # the evidence behind every dropped label
-    rows = []
-    for kind, drop, swapped, scale in (("audio", drop_a, vis, a_class), ("visual", drop_v, aud, v_class)):
-        vi, ci = np.nonzero(drop)
-        rows.append(pd.DataFrame({
-            "filename": np.asarray(train.filenames, dtype=object)[vi] if len(vi) else np.array([], dtype=object),
-            "event_label": np.asarray(llp.CLASSES, dtype=object)[ci] if len(ci) else np.array([], dtype=object),
-            "dropped": kind, "partner": np.asarray(train.filenames, dtype=object)[partner[vi]] if len(vi) else
-            np.array([], dtype=object),
-            "swapped": "visual" if kind == "audio" else "audio",
-            "audio_prob_swapped": swapped["audio_prob"][vi, ci].round(6),
-            "visual_prob_swapped": swapped["visual_prob"][vi, ci].round(6),
-            "audio_prob_original": orig["audio_prob"][vi, ci].round(6),
-            "visual_prob_original": orig["visual_prob"][vi, ci].round(6),
-            "threshold": (args.threshold_factor * scale[ci]).round(6)}))
-    llp.write_tsv(pd.concat(rows, ignore_index=True), os.path.join(args.output_dir, "dropped_labels.csv"))
+    evidence = evidence_table(train.filenames, partner, orig, vis, aud, drop_a, drop_v,
+                              args.threshold_factor * a_class, args.threshold_factor * v_class)
 
     counts = pd.DataFrame({"weak": (weak > 0).sum(0), "drop_audio": drop_a.sum(0), "drop_visual": drop_v.sum(0),
                            "a_class": a_class.round(3), "v_class": v_class.round(3)}, index=llp.CLASSES)
@@ -119,7 +120,11 @@ def main(argv=None):
             print(f"dropped {kind} labels vs truth: precision {q['precision']:.3f} recall {q['recall']:.3f} "
                   f"({q['correct']}/{q['dropped']} right; {q['truly_absent']} of {q['weak_labels']} weak labels "
                   f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f})")
-    atomic_write_text(os.path.join(args.output_dir, "estimate_meta.json"), json.dumps(meta, indent=2, default=str))
+    out_csv = os.path.join(args.output_dir, args.output)
+    with atomic_group():  # the three files belong together: they replace the previous three together
+        llp.write_modality_labels(out_csv, train.filenames, weak, keep_a, keep_v)
+        llp.write_tsv(evidence, os.path.join(args.output_dir, "dropped_labels.csv"))
+        atomic_write_text(os.path.join(args.output_dir, "estimate_meta.json"), json.dumps(meta, indent=2, default=str))
     print(f"wrote {out_csv}")
     print(clock.line())
 

@@ -411,6 +411,47 @@ def test_disk_full_while_writing_stage2_csv_keeps_the_previous_one(tiny_llp, sta
     assert no_temp_files(csv.parent)
 
 
+def test_stage2_outputs_are_replaced_together_or_not_at_all(tiny_llp, stage1_out, tmp_path, monkeypatch):
+    """Disk full on the LAST of stage 2's three files: the label CSV and the evidence CSV, already
+    written, must not replace the previous ones either (atomic_group)."""
+    args = [*CPU, *tiny_llp.args(), *tiny_llp.truth_args(), "--model_save_dir", stage1_out / "models_step1"]
+    code, out, err = call_stage(STAGE2, args, tmp_path)
+    assert code == 0, err
+    folder = tmp_path / "outputs_step2"
+    names = ("modality_aware_labels.csv", "dropped_labels.csv", "estimate_meta.json")
+    before = {n: (folder / n).read_bytes() for n in names}
+    _full_disk_open(monkeypatch, avvp.utils, ".estimate_meta.json.")
+    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "5.0"], tmp_path)
+    assert_one_line_error(code, err, folder / "estimate_meta.json", "No space left on device")
+    assert {n: (folder / n).read_bytes() for n in names} == before
+    assert no_temp_files(folder)
+    # and without the fault, the new run does change the files (the test above could not pass vacuously)
+    monkeypatch.undo()
+    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "5.0"], tmp_path)
+    assert code == 0, err
+    assert (folder / "modality_aware_labels.csv").read_bytes() != before["modality_aware_labels.csv"]
+
+
+def test_atomic_group_renames_all_at_the_end_or_none(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    b.write_text("old b")
+    with pytest.raises(RuntimeError):
+        with avvp.utils.atomic_group():
+            atomic_write_text(a, "new a")
+            assert a.read_text() == "old a"  # written, not yet renamed
+            raise RuntimeError("boom")
+    assert a.read_text() == "old a" and b.read_text() == "old b" and sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+    with avvp.utils.atomic_group():
+        atomic_write_text(a, "new a")
+        with avvp.utils.atomic_group():  # nested: the outer group renames
+            atomic_write_text(b, "new b")
+        assert b.read_text() == "old b"
+    assert a.read_text() == "new a" and b.read_text() == "new b" and sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+    atomic_write_text(a, "alone")  # outside a group: renamed at once
+    assert a.read_text() == "alone"
+
+
 def test_failed_rename_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
     target.write_text("old")
