@@ -4,6 +4,7 @@ A video's feature file is `<dir>/<first 11 chars of filename>.npy`. Files may be
 float32 or float64; everything is computed in float32.
 """
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,62 +46,53 @@ def load_feature(folder, filename, shape):
     path = feature_path(folder, filename)
     if not os.path.isfile(path):
         raise AVVPError(f"{path}: feature file missing (video {filename})")
-    arr = _read_known_npy(path)
+    try:
+        with open(path, "rb") as f:  # the file is read once, whichever way it is then parsed
+            buf = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)
+            f.readinto(memoryview(buf))
+    except OSError as e:
+        raise AVVPError(f"{path}: cannot read .npy ({type(e).__name__}: {e})") from None
+    head = _header_of(buf)
+    arr = _view_known(buf, head)
     if arr is None:
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(io.BytesIO(buf), allow_pickle=False)
         except Exception as e:  # corrupt or truncated .npy: numpy raises several exception types
             raise AVVPError(f"{path}: cannot read .npy ({type(e).__name__}: {e})") from None
         if not isinstance(arr, np.ndarray):  # e.g. an .npz archive saved under a .npy name
             if hasattr(arr, "close"):
                 arr.close()
             raise AVVPError(f"{path}: not a .npy array (got {type(arr).__name__})")
-        _learn_header(path, arr)
+        if head is not None and arr.dtype.type in ACCEPTED_DTYPES and arr.ndim == 2 and arr.flags.c_contiguous:
+            _KNOWN_HEADERS[head] = (arr.dtype, arr.shape)
     return check_array(arr, shape, path)
 
 
 # A split's files share one exact .npy header (same dtype and shape). np.load parses every header
 # with ast.literal_eval, which costs more than reading a small file and holds the GIL. Headers that
-# np.load has already read into a plain C-ordered array are remembered here (header bytes ->
-# dtype, shape), and a file that starts with one of them and has exactly the right size is read
-# with one readinto and viewed as that array. Anything else (first file of a kind, other header,
-# truncated or padded file) goes through np.load, with its checks and error messages.
+# np.load has already read into a plain C-ordered 2-D array are remembered here (header bytes ->
+# dtype, shape), and a file that starts with one of them and has exactly the right size is viewed
+# as that array. Anything else (first file of a kind, other header, truncated or padded file)
+# goes through np.load, with its checks and error messages.
 _NPY_V1 = b"\x93NUMPY\x01\x00"
 _KNOWN_HEADERS = {}
 
 
 def _header_of(buf):
-    """The v1.0 .npy header (magic + length + dict) at the start of `buf`, or None."""
+    """The v1.0 .npy header (magic + length + dict) at the start of `buf` (uint8), or None."""
     if len(buf) < 10 or bytes(buf[:8]) != _NPY_V1:
         return None
     end = 10 + int.from_bytes(bytes(buf[8:10]), "little")
     return bytes(buf[:end]) if len(buf) >= end else None
 
 
-def _learn_header(path, arr):
-    if arr.dtype.type not in ACCEPTED_DTYPES or not arr.flags.c_contiguous or arr.ndim != 2:
-        return
-    with open(path, "rb") as f:
-        head = _header_of(f.read(4096))
-    if head is not None:
-        _KNOWN_HEADERS[head] = (arr.dtype, arr.shape)
-
-
-def _read_known_npy(path):
-    """The array in `path` when its header is a known one and its size fits; else None."""
-    if not _KNOWN_HEADERS:
-        return None
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = np.empty(size, dtype=np.uint8)
-        if f.readinto(memoryview(buf)) != size:
-            return None
-    head = _header_of(buf[:4096])
+def _view_known(buf, head):
+    """`buf`'s array, viewed without parsing, when `head` is a known header and the size fits; else None."""
     known = _KNOWN_HEADERS.get(head) if head is not None else None
     if known is None:
         return None
     dtype, shape = known
-    if size - len(head) != dtype.itemsize * shape[0] * shape[1]:
+    if len(buf) - len(head) != dtype.itemsize * shape[0] * shape[1]:
         return None
     return buf[len(head):].view(dtype).reshape(shape)
 
