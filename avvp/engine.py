@@ -11,7 +11,6 @@ import math
 import os
 import random
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -501,15 +500,13 @@ def _fit(args, trainer, val, test, stage, device, extra, saver):
     metrics = None
     last = start - 1  # the epoch the trainer's state belongs to
     for epoch in range(start, args.epochs + 1):
-        t0 = time.perf_counter()
         with clock("train"):
             loss = trainer.train_epoch(epoch)
-        t1 = time.perf_counter()
+        train_s = clock.last
         with clock("val"):
             metrics = evaluate(trainer.model, val, args.eval_batch_size)
-        t2 = time.perf_counter()
         print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
-              f"train {t1 - t0:.2f}s val {t2 - t1:.2f}s | val {metrics_line(metrics)}", flush=True)
+              f"train {train_s:.2f}s val {clock.last:.2f}s | val {metrics_line(metrics)}", flush=True)
         with clock("save"):
             save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra, saver)
         last = epoch

@@ -259,6 +259,7 @@ class PhaseClock:
 
     def reset(self):
         self.seconds = defaultdict(float)
+        self.last = 0.0  # duration of the most recent timed block, for per-epoch lines
         self.t0 = time.perf_counter()
         self.startup = process_age()  # interpreter + imports, up to the creation of this clock
 
@@ -268,7 +269,8 @@ class PhaseClock:
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - t
+            self.last = time.perf_counter() - t
+            self.seconds[phase] += self.last
 
     def line(self):
         total = time.perf_counter() - self.t0

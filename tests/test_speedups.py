@@ -79,6 +79,7 @@ def test_phase_clock_sums_phases_and_accounts_for_the_rest():
             time.sleep(0.03)
     with clock("load"):
         time.sleep(0.02)
+    assert clock.last >= 0.02 and clock.last == clock.seconds["load"]  # the one "load" block so far
     time.sleep(0.02)
     line = clock.line()
     fig = {k: float(v) for k, v in re.findall(r"([a-z-]+) ([\d.]+)s", line)}
