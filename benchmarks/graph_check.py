@@ -35,20 +35,30 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run(graph, split, base_model, args, device, epochs):
-    a = SimpleNamespace(batch_size=args.batch_size, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1,
-                        graph="on" if graph else "off", no_progress=True, contrastive_weight=1.0,
-                        temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released")
-    model = copy.deepcopy(base_model)
-    t = engine.weak_targets(split.labels, 0.1)
-    tr = engine.Trainer(a, model, split, t, device)
+def trainer_args(batch_size, graph, fused_adam=False):
+    """The recipe's training flags, as the stages' argparse would give them."""
+    return SimpleNamespace(batch_size=batch_size, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph=graph,
+                           no_progress=True, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1,
+                           contrastive_form="released", fused_adam=fused_adam)
+
+
+def timed_epochs(trainer, device, epochs):
+    """Train `epochs` epochs; (epoch losses, wall-clock seconds of each, device synchronised)."""
     losses, times = [], []
     for e in range(1, epochs + 1):
         sync(device)
         t0 = time.perf_counter()
-        losses.append(tr.train_epoch(e))
+        losses.append(trainer.train_epoch(e))
         sync(device)
         times.append(time.perf_counter() - t0)
+    return losses, times
+
+
+def run(graph, split, base_model, args, device, epochs):
+    model = copy.deepcopy(base_model)
+    tr = engine.Trainer(trainer_args(args.batch_size, "on" if graph else "off"), model, split,
+                        engine.weak_targets(split.labels, 0.1), device)
+    losses, times = timed_epochs(tr, device, epochs)
     return losses, times, model
 
 

@@ -14,48 +14,32 @@
 import argparse
 import copy
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avvp import engine  # noqa: E402
 from avvp.model import MMIL_Net  # noqa: E402
-from graph_check import make_split, sync  # noqa: E402
+from graph_check import make_split, sync, timed_epochs, trainer_args  # noqa: E402
 
 VARIANTS = {"default": {}, "fused_adam": {"fused_adam": True}, "stack_modalities": {"stack_modalities": True},
             "both": {"fused_adam": True, "stack_modalities": True}}
 
 
-def trainer_args(batch_size, **opts):
-    return SimpleNamespace(batch_size=batch_size, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph="auto",
-                           no_progress=True, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1,
-                           contrastive_form="released", fused_adam=opts.get("fused_adam", False))
-
-
 def time_variant(split, base, device, batch_size, epochs, **opts):
     model = copy.deepcopy(base)
     model.stack_modalities = opts.get("stack_modalities", False)
-    tr = engine.Trainer(trainer_args(batch_size, **opts), model, split, engine.weak_targets(split.labels, 0.1), device)
-    losses, times = [], []
-    for e in range(epochs + 1):  # epoch 0: warm-up (CUDA graph capture, allocator, cuBLAS handles)
-        sync(device)
-        t0 = time.perf_counter()
-        losses.append(tr.train_epoch(e + 1))
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return losses, times
+    tr = engine.Trainer(trainer_args(batch_size, "auto", opts.get("fused_adam", False)), model, split,
+                        engine.weak_targets(split.labels, 0.1), device)
+    return timed_epochs(tr, device, epochs + 1)  # the first: warm-up (graph capture, allocator, cuBLAS)
 
 
 def profile_steps(split, base, device, batch_size, steps):
     from torch.profiler import ProfilerActivity, profile
     model = copy.deepcopy(base)
-    args = trainer_args(batch_size)
-    args.graph = "off"
-    tr = engine.Trainer(args, model, split, engine.weak_targets(split.labels, 0.1), device)
+    tr = engine.Trainer(trainer_args(batch_size, "off"), model, split, engine.weak_targets(split.labels, 0.1), device)
     idx = torch.arange(batch_size, device=device)
     for _ in range(3):
         tr.step(idx)
