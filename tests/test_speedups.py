@@ -54,16 +54,29 @@ def test_background_save_error_is_raised_at_the_next_call_and_keeps_the_old_file
     assert torch.load(path, weights_only=False)["epoch"] == 1 and os.listdir(tmp_path) == ["c.pt"]
 
 
+def recipe_args(**override):
+    """The training flags the engine reads, at the recipe's values (eager, CPU)."""
+    a = dict(lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph="off", batch_size=16, frame_pool="early",
+             no_progress=True, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1,
+             contrastive_form="released")
+    a.update(override)
+    return SimpleNamespace(**a)
+
+
+def random_split(n, seed, label_rate):
+    """n random LLP-shaped videos (segment-pooled res152) on the CPU, with random weak labels."""
+    g = torch.Generator().manual_seed(seed)
+    feats = {"audio": torch.randn(n, 10, 128, generator=g), "video": torch.rand(n, 10, 2048, generator=g),
+             "st": torch.randn(n, 10, 512, generator=g)}
+    y = (torch.rand(n, 25, generator=g) < label_rate).float().numpy()
+    return engine.Split([f"v{i}_0_10" for i in range(n)], y, feats, torch.device("cpu"))
+
+
 def test_background_checkpoint_is_byte_identical_to_a_synchronous_one(tmp_path):
+    args = recipe_args(batch_size=4)
+    split = random_split(8, seed=0, label_rate=0.2)
     torch.manual_seed(0)
-    args = SimpleNamespace(lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph="off", batch_size=4,
-                           frame_pool="early", no_progress=True, contrastive_weight=1.0, temperature=0.2,
-                           contrastive_smoothing=0.1, contrastive_form="released")
-    n = 8
-    feats = {"audio": torch.randn(n, 10, 128), "video": torch.rand(n, 10, 2048), "st": torch.randn(n, 10, 512)}
-    y = (torch.rand(n, 25) < 0.2).float().numpy()
-    split = engine.Split([f"v{i}_0_10" for i in range(n)], y, feats, torch.device("cpu"))
-    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(y, 0.1), torch.device("cpu"))
+    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
     trainer.train_epoch(1)
     engine.save_checkpoint(tmp_path / "sync.pt", trainer, args, 1, {"val": {"x": 1.0}}, "stage1")
     saver = BackgroundSaver()
@@ -131,22 +144,15 @@ def test_stacked_modalities_compute_the_same_function_and_gradients():
 
 
 def test_fused_adam_follows_the_same_loss_trajectory():
-    n = 32
-    g = torch.Generator().manual_seed(1)
-    feats = {"audio": torch.randn(n, 10, 128, generator=g), "video": torch.rand(n, 10, 2048, generator=g),
-             "st": torch.randn(n, 10, 512, generator=g)}
-    y = (torch.rand(n, 25, generator=g) < 0.15).float().numpy()
-    split = engine.Split([f"v{i}_0_10" for i in range(n)], y, feats, torch.device("cpu"))
+    split = random_split(32, seed=1, label_rate=0.15)
     torch.manual_seed(0)
     init = MMIL_Net(dropout=0.0).state_dict()
     runs = {}
     for fused in (False, True):
-        args = SimpleNamespace(lr=3e-4, lr_step=2, lr_gamma=0.1, seed=1, graph="off", batch_size=8,
-                               frame_pool="early", no_progress=True, contrastive_weight=1.0, temperature=0.2,
-                               contrastive_smoothing=0.1, contrastive_form="released", fused_adam=fused)
+        args = recipe_args(lr_step=2, batch_size=8, fused_adam=fused)
         net = MMIL_Net(dropout=0.0)
         net.load_state_dict(init)
-        tr = engine.Trainer(args, net, split, engine.weak_targets(y, 0.1), torch.device("cpu"))
+        tr = engine.Trainer(args, net, split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
         assert tr.opt.defaults.get("fused") is (True if fused else None)
         runs[fused] = [tr.train_epoch(e) for e in range(1, 4)]
     assert runs[False][-1] < runs[False][0]  # it trains
