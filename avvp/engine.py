@@ -208,6 +208,11 @@ def place(arrays, device, name):
 
 # ----------------------------------------------------------------------------- model, optimizer
 
+def net_options(args, **override):
+    """MMIL_Net's keyword arguments from the flags (one place, for every stage that builds it)."""
+    return {"frame_pool": args.frame_pool, "stack_modalities": args.stack_modalities, **override}
+
+
 def arch_of(args):
     return {"num_classes": llp.NUM_CLASSES, "d_model": 512, "frame_pool": args.frame_pool}
 

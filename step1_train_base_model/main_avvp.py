@@ -22,7 +22,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     device = engine.setup(args)
-    net = stage_model.MMIL_Net(frame_pool=args.frame_pool, stack_modalities=args.stack_modalities).to(device)
+    net = stage_model.MMIL_Net(**engine.net_options(args)).to(device)
     if engine.run_eval_mode(args, STAGE, net, device, train_mode="train"):
         return
     train, val, test = dataloader.load_data(args, device)

@@ -18,8 +18,7 @@ def load_frozen(path, args, device):
     """The stage-1 network in eval mode, weights loaded strictly. Returns (model, checkpoint)."""
     ckpt = engine.load_checkpoint(path, hint=STAGE1_HINT)
     arch = ckpt.get("arch", {})
-    model = MMIL_Net(frame_pool=arch.get("frame_pool", args.frame_pool),
-                     stack_modalities=args.stack_modalities).to(device)
+    model = MMIL_Net(**engine.net_options(args, frame_pool=arch.get("frame_pool", args.frame_pool))).to(device)
     engine.load_model_strict(model, ckpt, path)
     model.eval()
     for p in model.parameters():
