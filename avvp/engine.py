@@ -140,9 +140,10 @@ def feature_dirs(args):
     return {"audio": args.audio_dir, "video": args.video_dir, "st": args.st_dir}
 
 
-def load_split(args, label_csv, device, truth=False, name="split", filenames=None):
+def load_split(args, label_csv, device, truth=None, name="split", filenames=None):
     """Read a label file and its features (validated) into a Split on `device`.
 
+    truth: None, or the (audio, visual) event tables of read_eval_truth, for the split's dense truth.
     filenames: load these videos instead, with no labels (Split.labels None); label_csv then only
     names the split in messages.
     """
@@ -179,9 +180,8 @@ def load_split(args, label_csv, device, truth=False, name="split", filenames=Non
         feats = place(arrays, device, name)
         del arrays
         gt_a = gt_v = None
-        if truth:
-            gt_a = llp.read_dense_matrix(args.eval_audio, filenames)
-            gt_v = llp.read_dense_matrix(args.eval_visual, filenames)
+        if truth is not None:
+            gt_a, gt_v = (llp.dense_matrix(events, filenames) for events in truth)
     return Split(filenames, labels, feats, device, gt_a, gt_v, path=label_csv)
 
 
@@ -553,7 +553,7 @@ def eval_only(args, stage, model, device, split_csv, split_name, hint):
     """--mode val|test: load the stage's checkpoint strictly into `model` and print the LLP table."""
     path = checkpoint_path(args)
     ckpt = load_stage_checkpoint(args, model, hint)
-    split = load_split(args, split_csv, device, truth=True, name=split_name)
+    split = load_split(args, split_csv, device, truth=read_eval_truth(args), name=split_name)
     m = evaluate(model, split, args.eval_batch_size)
     print(llp_eval.format_table(m, title=f"{stage}: {split_name} set ({len(split)} videos), {path}"))
     write_metrics(os.path.join(args.model_save_dir, f"{split_name}_metrics.json"), m,
@@ -588,8 +588,15 @@ def run_eval_mode(args, stage, model, device, train_mode):
 
 def load_eval_splits(args, device):
     """val and test splits with their dense truth."""
-    return (load_split(args, args.label_val, device, truth=True, name="val"),
-            load_split(args, args.label_test, device, truth=True, name="test"))
+    truth = read_eval_truth(args)
+    return (load_split(args, args.label_val, device, truth=truth, name="val"),
+            load_split(args, args.label_test, device, truth=truth, name="test"))
+
+
+def read_eval_truth(args):
+    """The dense audio and visual eval files as event tables, each read (and warned about) once."""
+    with clock("load"):
+        return llp.read_dense(args.eval_audio), llp.read_dense(args.eval_visual)
 
 
 def weak_targets(labels, visual_smoothing):

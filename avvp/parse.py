@@ -92,7 +92,7 @@ def attach_truth(args, split):
     """
     if not (os.path.isfile(args.eval_audio) and os.path.isfile(args.eval_visual)):
         return 0
-    events = [llp.read_dense(args.eval_audio), llp.read_dense(args.eval_visual)]
+    events = engine.read_eval_truth(args)
     named = set(events[0]["filename"]) | set(events[1]["filename"])
     covered = sum(f in named for f in split.filenames)
     if covered:

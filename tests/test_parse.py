@@ -84,7 +84,8 @@ def reference(trained):
     path = engine.checkpoint_path(args)
     engine.load_model_strict(model, engine.load_checkpoint(path), path)
     import torch
-    split = engine.load_split(args, args.label_test, torch.device("cpu"), truth=True, name="test")
+    split = engine.load_split(args, args.label_test, torch.device("cpu"), truth=engine.read_eval_truth(args),
+                             name="test")
     probs = engine.predict(model, split, 256)
     return split, probs, engine.evaluate(model, split, 256, probs=probs)
 
