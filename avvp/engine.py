@@ -594,6 +594,16 @@ def stage_parser(description, train_mode):
     return p
 
 
+def start_stage(args, stage, net_class, train_mode):
+    """The start shared by the training stages (1 and 3): device, seeds and the network; then
+    --mode val | test | parse runs here and None is returned, or (device, net) for training."""
+    device = setup(args)
+    net = net_class(**net_options(args)).to(device)
+    if run_eval_mode(args, stage, net, device, train_mode):
+        return None
+    return device, net
+
+
 def run_eval_mode(args, stage, model, device, train_mode):
     """--mode val | test | parse, shared by the training stages. Returns False for a training mode."""
     hint = f"train it first: python main_avvp.py --mode {train_mode}"

@@ -21,10 +21,10 @@ def get_args(argv=None):
 @cli
 def main(argv=None):
     args = get_args(argv)
-    device = engine.setup(args)
-    net = stage_model.MMIL_Net(**engine.net_options(args)).to(device)
-    if engine.run_eval_mode(args, STAGE, net, device, train_mode="train"):
+    started = engine.start_stage(args, STAGE, stage_model.MMIL_Net, train_mode="train")
+    if started is None:  # --mode val | test | parse has run
         return
+    device, net = started
     train, val, test = dataloader.load_data(args, device)
     trainer = engine.Trainer(args, net, train, dataloader.targets(train, args), device)
     print(f"stage 1: {len(train)} train / {len(val)} val / {len(test)} test videos, "

@@ -32,10 +32,10 @@ def get_args(argv=None):
 @cli
 def main(argv=None):
     args = get_args(argv)
-    device = engine.setup(args)
-    net = stage_model.MMIL_Net(**engine.net_options(args)).to(device)
-    if engine.run_eval_mode(args, STAGE, net, device, train_mode="retrain"):
+    started = engine.start_stage(args, STAGE, stage_model.MMIL_Net, train_mode="retrain")
+    if started is None:  # --mode val | test | parse has run
         return
+    device, net = started
     # read the hand-off first: a bad CSV should fail before minutes of feature loading
     if not os.path.isfile(args.label_ma):
         raise AVVPError(f"{args.label_ma}: modality-aware label file not found; run stage 2 first: "
