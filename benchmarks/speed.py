@@ -140,6 +140,10 @@ def baseline_epoch(data, feats, device, max_batches=None, workers=None):
     return (time.perf_counter() - t0) * len(dl) / done, done, len(dl)
 
 
+LLP_SCALE = (10000, 649, 1200)  # train / val / test videos
+TARGET_S = 40.0  # three stages, 12 + 12 epochs, loading included (README "How fast?")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", type=int, default=10000)
@@ -193,6 +197,11 @@ def main():
         for st in ("stage1", "stage2", "stage3"):
             ph = r[st]["phases"]
             print(f"  {label:14s} {st}: wall {r[st]['wall']:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
+    if args.epochs is None and (args.train, args.val, args.test) == LLP_SCALE:
+        for label, r in runs:  # the project's goal for the whole recipe at LLP scale on one GPU
+            tot = sum(r[s]["wall"] for s in r)
+            verdict = "met" if tot <= TARGET_S else f"missed by {tot - TARGET_S:.1f} s"
+            print(f"target: full recipe at LLP scale in <= {TARGET_S:.0f} s on one GPU: {label} {tot:.1f} s -> {verdict}")
     ours = runs[-1][1]["stage1"]["epoch"]
     if base is not None:
         print(f"baseline {base:.2f} s/epoch; ours {ours:.2f} s/epoch -> {base / ours:.1f}x per epoch")
