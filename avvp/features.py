@@ -97,6 +97,18 @@ def _view_known(buf, head):
     return buf[len(head):].view(dtype).reshape(shape)
 
 
+def count_videos(folder, stop=None):
+    """How many `.npy` files `folder` holds, counting no further than `stop` (cheap on large folders)."""
+    n = 0
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.endswith(".npy"):
+                n += 1
+                if stop is not None and n >= stop:
+                    break
+    return n
+
+
 def missing_videos(dirs, filenames):
     """Filenames lacking a feature file in any of `dirs` (dict modality -> folder)."""
     return [f for f in filenames if not all(os.path.isfile(feature_path(d, f)) for d in dirs.values())]

@@ -88,3 +88,22 @@ def test_known_header_fast_path_reads_the_same_arrays_and_keeps_every_check(tmp_
     np.save(path, x[2][:, :64])
     with pytest.raises(AVVPError, match=r"vid00000002\.npy: shape \(10, 64\) \(expected \(10, 128\)\)"):
         features.load_feature(str(tmp_path), "vid00000002_0_10", (10, 128))
+
+
+def test_auto_cache_covers_every_split_of_a_large_dataset_and_none_of_a_small_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from avvp import engine
+    names = [f"vid{i:08d}_0_10" for i in range(6)]
+    dirs = write_videos(tmp_path, names)
+    (tmp_path / "vggish" / "notes.txt").write_text("not a video")
+    assert features.count_videos(dirs["audio"]) == 6 and features.count_videos(dirs["audio"], stop=4) == 4
+    auto = SimpleNamespace(feature_cache="auto")
+    monkeypatch.setattr(engine, "CACHE_MIN_VIDEOS", 6)  # the folder counts as "large": a 2-video split is cached
+    assert engine.use_cache(auto, dirs, 2) is True
+    monkeypatch.setattr(engine, "CACHE_MIN_VIDEOS", 7)  # one video short: read per file
+    assert engine.use_cache(auto, dirs, 2) is False
+    assert engine.use_cache(auto, dirs, 7) is True  # a split that large on its own
+    assert engine.use_cache(SimpleNamespace(feature_cache="on"), dirs, 2) is True
+    monkeypatch.setattr(engine, "CACHE_MIN_VIDEOS", 1)
+    assert engine.use_cache(SimpleNamespace(feature_cache="off"), dirs, 2) is False
