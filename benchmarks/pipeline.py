@@ -85,55 +85,57 @@ def main():
     variants = {"HAN": "han", "stage1": "stage1", "stage3": "stage3", "labels_only": "labels_only",
                 "oracle": "oracle", "oracle_no_contrast": "oracle_no_contrast"}
     res = {k: [] for k in variants}
-    quality_han = []
-    quality, times = [], []
+    seeds_of = {k: [] for k in variants}  # which seeds each row averages (extras may exist for fewer)
+    quality_han, quality, times = {}, {}, []  # stage-2 quality keyed by seed
     with open(work / "log.txt", "w") as log:
         for s in a.seeds:
             w = work / f"seed{s}"
             sp = [*paths, "--seed", str(s)]
             t0 = time.perf_counter()
+            ran = 0.0  # seconds spent in stages actually run for this seed (0: all were done already)
             truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
                      "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
             no_c = ["--contrastive_weight", "0"]
             if "HAN" in runs or a.extras:
-                stage("step1_train_base_model", ["--mode", "train", *sp, *no_c, "--model_save_dir", f"{w}/han"],
+                ran += stage("step1_train_base_model", ["--mode", "train", *sp, *no_c, "--model_save_dir", f"{w}/han"],
                       log, w / "han" / "test_metrics.json")
             if "stage1" in runs:
-                stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log,
+                ran += stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log,
                       w / "stage1" / "test_metrics.json")
             if "stage3" in runs:
-                stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/stage1",
+                ran += stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/stage1",
                                               "--output_dir", f"{w}/stage2", *truth], log,
                       w / "stage2" / "estimate_meta.json")
-                stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/stage3",
+                ran += stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/stage3",
                                         "--label_ma", f"{w}/stage2/modality_aware_labels.csv"], log,
                       w / "stage3" / "test_metrics.json")
             if "oracle" in runs:
-                stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
+                ran += stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
                                         "--label_ma", str(oracle)], log, w / "oracle" / "test_metrics.json")
             if a.extras:
-                stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
+                ran += stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
                                               "--output_dir", f"{w}/stage2_han", *truth], log,
                       w / "stage2_han" / "estimate_meta.json")
-                stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/labels_only",
+                ran += stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/labels_only",
                                         "--label_ma", f"{w}/stage2_han/modality_aware_labels.csv"], log,
                       w / "labels_only" / "test_metrics.json")
-                stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/oracle_no_contrast",
+                ran += stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/oracle_no_contrast",
                                         "--label_ma", str(oracle)], log, w / "oracle_no_contrast" / "test_metrics.json")
-            times.append(time.perf_counter() - t0)
-            print(f"seed {s} done in {times[-1]:.0f}s", flush=True)
+            if ran:
+                times.append(time.perf_counter() - t0)
+            print(f"seed {s}: " + (f"done in {time.perf_counter() - t0:.0f}s" if ran else "every run already done"),
+                  flush=True)
         for s in a.seeds:
             w = work / f"seed{s}"
             for k, d in variants.items():
                 f = w / d / "test_metrics.json"
                 if f.is_file():
                     res[k].append(json.loads(f.read_text()))
-            f = w / "stage2" / "estimate_meta.json"
-            if f.is_file():
-                quality.append(json.loads(f.read_text())["quality"])
-            f = w / "stage2_han" / "estimate_meta.json"
-            if f.is_file():
-                quality_han.append(json.loads(f.read_text())["quality"])
+                    seeds_of[k].append(s)
+            for qs, d in ((quality, "stage2"), (quality_han, "stage2_han")):
+                f = w / d / "estimate_meta.json"
+                if f.is_file():
+                    qs[s] = json.loads(f.read_text())["quality"]
 
     lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / 'AVVP_train.csv'))} train videos), test split; mean +- std over seeds {a.seeds}; "
              f"{a.epochs} epochs, last epoch, batch 16; stage flags: {a.stage_args or '(defaults)'}.", "",
@@ -144,24 +146,27 @@ def main():
             continue
         m = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in KEYS}
         summary[name] = m
-        lines.append(f"| {name} | " + " | ".join(f"{m[k][0]:.1f} +- {m[k][1]:.1f}" for k in KEYS) + " |")
+        label = name if seeds_of[name] == a.seeds else f"{name} (seeds {', '.join(map(str, seeds_of[name]))})"
+        lines.append(f"| {label} | " + " | ".join(f"{m[k][0]:.1f} +- {m[k][1]:.1f}" for k in KEYS) + " |")
     lines.append("")
     for (src, qs), kind in ((x, k) for x in (("stage-1 model", quality), ("HAN model", quality_han))
                             for k in ("audio", "visual")):
-        q = [x[kind] for x in qs]
+        q = {s: x[kind] for s, x in qs.items()}
         if not q:
             continue
         lines.append(f"stage 2 on the {src}, dropped {kind} labels: "
                      + "; ".join(f"seed {s}: {x['dropped']} dropped, precision {x['precision']:.3f}, "
-                                 f"recall {x['recall']:.3f}" for s, x in zip(a.seeds, q))
-                     + f" (base rate {q[0]['base_rate']:.3f})")
-    lines.append(f"wall-clock per seed (runs made in this call): {np.mean(times):.0f} s")
+                                 f"recall {x['recall']:.3f}" for s, x in q.items())
+                     + f" (base rate {next(iter(q.values()))['base_rate']:.3f})")
+    if times:
+        lines.append(f"wall-clock per seed, over the {len(times)} seed(s) run in this call: {np.mean(times):.0f} s")
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": res, "quality": quality, "quality_han": quality_han,
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": res, "seeds_of": seeds_of,
+                                                    "quality": quality, "quality_han": quality_han,
                                                     "seeds": a.seeds, "epochs": a.epochs,
                                                     "stage_args": a.stage_args}, indent=1))
 
