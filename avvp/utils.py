@@ -1,6 +1,7 @@
 """Small helpers every stage needs: errors, atomic writes, seeding, device choice."""
 import contextlib
 import functools
+import gc
 import importlib
 import os
 import random
@@ -37,6 +38,25 @@ def cli(main):
             warnings.formatwarning = old_format
 
     return wrapper
+
+
+def run_program(main):
+    """Run a command's main() as the program, with the garbage collector kept off long-lived objects.
+
+    The modules imported before main() (importing torch alone leaves ~170,000 tracked objects)
+    live until exit, yet every full collection walks them, and so does the interpreter's exit.
+    gc.freeze() moves everything alive into the permanent generation, which collections skip:
+    once before main() (the imports) and once after it (what the run built, whose files are
+    written and closed by then). Measured on the 2-core CPU, stage 1 with --epochs 0 at LLP
+    scale: last output line to process exit 1.04-1.06 s -> 0.26-0.27 s. Reference cycles
+    frozen this way are never collected, so this is for a program's entry point only, never for
+    a main() called inside a longer-lived process (tests, notebooks).
+    """
+    gc.freeze()
+    try:
+        return main()
+    finally:
+        gc.freeze()
 
 
 def one_line(msg):

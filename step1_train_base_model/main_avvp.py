@@ -5,7 +5,7 @@
     python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
 """
 from avvp import engine
-from avvp.utils import cli
+from avvp.utils import cli, run_program
 
 import dataloader
 import model as stage_model
@@ -34,4 +34,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from avvp import engine, llp
-from avvp.utils import atomic_group, atomic_write_text, cli, clock, ensure_writable_dir
+from avvp.utils import atomic_group, atomic_write_text, cli, clock, ensure_writable_dir, run_program
 
 import dataloader
 import model as stage_model
@@ -128,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -8,7 +8,7 @@ import argparse
 import os
 
 from avvp import engine, llp
-from avvp.utils import AVVPError, cli
+from avvp.utils import AVVPError, cli, run_program
 
 import dataloader
 import model as stage_model
@@ -55,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

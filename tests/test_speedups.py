@@ -197,3 +197,29 @@ def test_dynamo_preimport_only_where_an_optimizer_is_built_and_it_pays(mode, dev
     else:
         monkeypatch.setenv("AVVP_PREIMPORT", env)
     assert engine.preimport_wanted(SimpleNamespace(mode=mode), torch.device(device)) is want
+
+
+def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
+    import gc
+    kept, seen = [], []
+
+    def main():
+        seen.append(gc.get_freeze_count())
+        kept.extend([] for _ in range(1000))  # 1,000 gc-tracked objects made by the run
+        return 7
+
+    try:
+        gc.unfreeze()
+        assert avvp.utils.run_program(main) == 7
+        assert seen[0] > 10000  # the imports (torch, numpy, pytest, ...) were frozen before main ran
+        assert gc.get_freeze_count() >= seen[0] + 1000  # and what main built, after it
+        gc.unfreeze()
+
+        def failing():
+            kept.append([])
+            sys.exit(2)
+        with pytest.raises(SystemExit):
+            avvp.utils.run_program(failing)
+        assert gc.get_freeze_count() > 10000  # an error exit is spared the collection too
+    finally:
+        gc.unfreeze()  # this test runs inside pytest, which goes on: give the objects back to the collector
