@@ -53,6 +53,7 @@ def run_program(main):
     a main() called inside a longer-lived process (tests, notebooks).
     """
     gc.freeze()
+    gc.enable()  # an entry script may have turned it off for its imports
     try:
         return main()
     finally:

@@ -4,14 +4,19 @@
     python main_avvp.py --mode test
     python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
 """
-import argparse
-import os
+import gc
 
-from avvp import engine, llp
-from avvp.utils import AVVPError, cli, run_program
+if __name__ == "__main__":  # run as a program: no collector passes while torch is imported (~0.3 s);
+    gc.disable()            # run_program freezes what the imports built and turns the collector back on
 
-import dataloader
-import model as stage_model
+import argparse  # noqa: E402
+import os  # noqa: E402
+
+from avvp import engine, llp  # noqa: E402
+from avvp.utils import AVVPError, cli, run_program  # noqa: E402
+
+import dataloader  # noqa: E402
+import model as stage_model  # noqa: E402
 
 STAGE = "stage3"
 

@@ -210,7 +210,9 @@ def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
 
     try:
         gc.unfreeze()
+        gc.disable()  # as an entry script does for its imports
         assert avvp.utils.run_program(main) == 7
+        assert gc.isenabled()  # turned back on for the run
         assert seen[0] > 10000  # the imports (torch, numpy, pytest, ...) were frozen before main ran
         assert gc.get_freeze_count() >= seen[0] + 1000  # and what main built, after it
         gc.unfreeze()
@@ -223,3 +225,4 @@ def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
         assert gc.get_freeze_count() > 10000  # an error exit is spared the collection too
     finally:
         gc.unfreeze()  # this test runs inside pytest, which goes on: give the objects back to the collector
+        gc.enable()
