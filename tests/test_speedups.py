@@ -226,3 +226,17 @@ def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
     finally:
         gc.unfreeze()  # this test runs inside pytest, which goes on: give the objects back to the collector
         gc.enable()
+
+
+def test_the_side_import_draws_no_random_numbers():
+    # it runs while the main thread seeds and draws (partners, initial weights): any draw of its
+    # own would make a seeded CUDA run irreproducible
+    import subprocess
+    code = ("import random, numpy as np, torch\n"
+            "random.seed(1); np.random.seed(1); torch.manual_seed(1)\n"
+            "before = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist())\n"
+            "import torch._dynamo\n"
+            "after = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist())\n"
+            "print(before == after)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr[-1000:]
