@@ -87,6 +87,18 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
     return p
 
 
+def path_args(data_dir, feats_dir, **override):
+    """The data flags of a stage for another folder than ../data and ../feats: LLP's label files in
+    `data_dir`, one folder per modality (vggish/, res152/, r2plus1d_18/) in `feats_dir`, the layout
+    avvp.synth writes. override: flag name -> path (e.g. label_test=...). Returns argv strings:
+    ['--audio_dir', ..., '--eval_visual', ...]."""
+    flags = {f"{key}_dir": os.path.join(feats_dir, folder) for key, (folder, _) in features.MODALITIES.items()}
+    flags.update({f"label_{split}": os.path.join(data_dir, name) for split, name in llp.WEAK_FILES.items()})
+    flags.update({f"eval_{kind}": os.path.join(data_dir, name) for kind, name in llp.EVAL_FILES.items()})
+    flags.update(override)
+    return [arg for flag, path in flags.items() for arg in (f"--{flag}", os.fspath(path))]
+
+
 def parse_args(parser, argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.epochs < 0 or args.eval_batch_size < 1:

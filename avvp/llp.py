@@ -25,6 +25,9 @@ CLASSES = [
 NUM_CLASSES = len(CLASSES)  # 25
 NUM_SEGMENTS = 10
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
+# the annotation files' names, as released (and as avvp.synth writes them)
+WEAK_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
+EVAL_FILES = {"audio": "AVVP_eval_audio.csv", "visual": "AVVP_eval_visual.csv"}
 
 # A LLP filename is a YouTube id, then _start_end in seconds (a few ids in the upstream eval
 # files lost leading characters: such rows are well-formed but name no video of the splits).

@@ -54,14 +54,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .features import MODALITIES, feature_path
-from .llp import (CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_SEGMENTS, events_table, read_dense_matrix,
-                  read_weak, video_id, write_tsv, write_weak)
+from .llp import (CLASS_INDEX, CLASSES, EVAL_FILES, NUM_CLASSES, NUM_SEGMENTS, WEAK_FILES, events_table,
+                  read_dense_matrix, read_weak, video_id, write_tsv, write_weak)
 from .utils import AVVPError, atomic_write_text, cli
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
-WEAK_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
-EVAL_FILES = {"audio": "AVVP_eval_audio.csv", "visual": "AVVP_eval_visual.csv"}
 TRAIN_TRUTH_FILES = {"audio": "synthetic_train_eval_audio.csv", "visual": "synthetic_train_eval_visual.csv"}
 META_FILE = "synthetic_meta.json"
 MARKER_FILE = "SYNTHETIC"

@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from avvp import llp, synth  # noqa: E402
+from avvp import engine, llp, synth  # noqa: E402
 from avvp.evaluate import KEYS  # noqa: E402
 
 NAMES = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type", "seg_event": "seg Event",
@@ -47,7 +47,7 @@ def stage(folder, args, log, done=None):
 
 
 def oracle_csv(data, path):
-    train = llp.read_weak(data / "AVVP_train.csv")
+    train = llp.read_weak(data / llp.WEAK_FILES["train"])
     ta = llp.read_dense_matrix(data / "synthetic_train_eval_audio.csv", train.filenames).any(axis=2)
     tv = llp.read_dense_matrix(data / "synthetic_train_eval_visual.csv", train.filenames).any(axis=2)
     y = train.labels > 0
@@ -71,13 +71,10 @@ def main():
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipeline"))
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
-    if not (data / "AVVP_train.csv").is_file():
+    if not (data / llp.WEAK_FILES["train"]).is_file():
         synth.generate(data, feats)
     work.mkdir(parents=True, exist_ok=True)
-    paths = ["--audio_dir", f"{feats}/vggish/", "--video_dir", f"{feats}/res152/", "--st_dir", f"{feats}/r2plus1d_18",
-             "--label_train", f"{data}/AVVP_train.csv", "--label_val", f"{data}/AVVP_val_pd.csv",
-             "--label_test", f"{data}/AVVP_test_pd.csv", "--eval_audio", f"{data}/AVVP_eval_audio.csv",
-             "--eval_visual", f"{data}/AVVP_eval_visual.csv", "--no_progress", "--device", a.device,
+    paths = [*engine.path_args(data, feats), "--no_progress", "--device", a.device,
              "--epochs", str(a.epochs), *a.stage_args.split()]
     runs = set(a.runs) | ({"stage1"} if "stage3" in a.runs else set())
     oracle = work / "oracle_labels.csv"
@@ -137,7 +134,7 @@ def main():
                 if f.is_file():
                     qs[s] = json.loads(f.read_text())["quality"]
 
-    lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / 'AVVP_train.csv'))} train videos), test split; mean +- std over seeds {a.seeds}; "
+    lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / llp.WEAK_FILES['train']))} train videos), test split; mean +- std over seeds {a.seeds}; "
              f"{a.epochs} epochs, last epoch, batch 16; stage flags: {a.stage_args or '(defaults)'}.", "",
              "| method | " + " | ".join(NAMES[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     summary = {}

@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from avvp import llp, synth  # noqa: E402
+from avvp import engine, llp, synth  # noqa: E402
 from avvp.model import MMIL_Net, mmil_loss  # noqa: E402
 from avvp.utils import resolve_device  # noqa: E402
 
@@ -41,11 +41,10 @@ def make_data(work, n_train, n_val, n_test, seed=0):
     data.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     events_a, events_v = [], []
-    for split, n, fname in (("train", n_train, "AVVP_train.csv"), ("val", n_val, "AVVP_val_pd.csv"),
-                            ("test", n_test, "AVVP_test_pd.csv")):
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         names = [f"{split[:2]}{i:09d}_0_10" for i in range(n)]
         labels = synth.sample_label_sets(rng, n)
-        llp.write_weak(data / fname, names, labels)
+        llp.write_weak(data / llp.WEAK_FILES[split], names, labels)
         if split != "train":
             ta, tv = synth.sample_truth(rng, labels)
             events_a.append(llp.events_table(ta, names))
@@ -60,18 +59,15 @@ def make_data(work, n_train, n_val, n_test, seed=0):
         with ThreadPoolExecutor(os.cpu_count()) as ex:
             list(ex.map(write, range(n)))
     import pandas as pd
-    llp.write_tsv(pd.concat(events_a), data / "AVVP_eval_audio.csv")
-    llp.write_tsv(pd.concat(events_v), data / "AVVP_eval_visual.csv")
+    llp.write_tsv(pd.concat(events_a), data / llp.EVAL_FILES["audio"])
+    llp.write_tsv(pd.concat(events_v), data / llp.EVAL_FILES["visual"])
     marker.touch()
     return data, feats
 
 
 def run_pipeline(data, feats, work, args):
-    common = ["--audio_dir", f"{feats}/vggish/", "--video_dir", f"{feats}/res152/", "--st_dir", f"{feats}/r2plus1d_18",
-              "--label_train", f"{data}/AVVP_train.csv", "--label_val", f"{data}/AVVP_val_pd.csv",
-              "--label_test", f"{data}/AVVP_test_pd.csv", "--eval_audio", f"{data}/AVVP_eval_audio.csv",
-              "--eval_visual", f"{data}/AVVP_eval_visual.csv", "--no_progress", "--device", args.device,
-              "--feature_cache", args.feature_cache] + (["--no-graph"] if args.no_graph else []) + args.stage_args.split()
+    common = engine.path_args(data, feats) + ["--no_progress", "--device", args.device,
+                                              "--feature_cache", args.feature_cache] + (["--no-graph"] if args.no_graph else []) + args.stage_args.split()
     ep = ["--epochs", str(args.epochs)] if args.epochs is not None else []
     stages = [("stage1", "step1_train_base_model", ["--mode", "train", *ep, "--model_save_dir", f"{work}/m1"]),
               ("stage2", "step2_find_exchange", ["--mode", "estimate_labels", "--model_save_dir", f"{work}/m1",
@@ -115,7 +111,7 @@ class PerFileDataset(torch.utils.data.Dataset):
 
 
 def baseline_epoch(data, feats, device, max_batches=None, workers=None):
-    weak = llp.read_weak(data / "AVVP_train.csv")
+    weak = llp.read_weak(data / llp.WEAK_FILES["train"])
     ds = PerFileDataset(feats, weak.filenames, weak.labels)
     workers = os.cpu_count() if workers is None else workers
     dl = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers,

@@ -34,16 +34,8 @@ class TinyLLP:
 
     def args(self, **override):
         """Path flags of every stage pointing at this set (plus --no_progress); override=dict(label_train=...)."""
-        d, f = self.data, self.feats
-        flags = {"audio_dir": f / "vggish", "video_dir": f / "res152", "st_dir": f / "r2plus1d_18",
-                 "label_train": d / "AVVP_train.csv", "label_val": d / "AVVP_val_pd.csv",
-                 "label_test": d / "AVVP_test_pd.csv", "eval_audio": d / "AVVP_eval_audio.csv",
-                 "eval_visual": d / "AVVP_eval_visual.csv"}
-        flags.update(override)
-        out = []
-        for k, v in flags.items():
-            out += [f"--{k}", str(v)]
-        return out + ["--no_progress"]
+        from avvp import engine
+        return engine.path_args(self.data, self.feats, **override) + ["--no_progress"]
 
     def truth_args(self):
         """Stage 2's flags for the synthetic train truth."""

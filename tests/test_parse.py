@@ -35,12 +35,9 @@ def env():
 
 
 def paths_args(root, label_test=None):
-    d, f = root / "data", root / "feats"
-    return ["--audio_dir", str(f / "vggish"), "--video_dir", str(f / "res152"), "--st_dir", str(f / "r2plus1d_18"),
-            "--label_train", str(d / "AVVP_train.csv"), "--label_val", str(d / "AVVP_val_pd.csv"),
-            "--label_test", str(label_test or d / "AVVP_test_pd.csv"),
-            "--eval_audio", str(d / "AVVP_eval_audio.csv"), "--eval_visual", str(d / "AVVP_eval_visual.csv"),
-            "--model_save_dir", str(root / "models"), "--no_progress", "--device", "cpu"]
+    override = {"label_test": label_test} if label_test else {}
+    return engine.path_args(root / "data", root / "feats", **override) + [
+        "--model_save_dir", str(root / "models"), "--no_progress", "--device", "cpu"]
 
 
 def stage1(*argv, prelude=None):

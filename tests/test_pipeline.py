@@ -33,11 +33,7 @@ def tiny(tmp_path_factory):
 
 
 def paths(root):
-    d, f = root / "data", root / "feats"
-    return ["--audio_dir", f"{f}/vggish/", "--video_dir", f"{f}/res152/", "--st_dir", f"{f}/r2plus1d_18",
-            "--label_train", f"{d}/AVVP_train.csv", "--label_val", f"{d}/AVVP_val_pd.csv",
-            "--label_test", f"{d}/AVVP_test_pd.csv", "--eval_audio", f"{d}/AVVP_eval_audio.csv",
-            "--eval_visual", f"{d}/AVVP_eval_visual.csv", "--no_progress"]
+    return engine.path_args(root / "data", root / "feats") + ["--no_progress"]
 
 
 def run(step, args, env=None):
