@@ -569,10 +569,10 @@ def _fit(args, trainer, val, test, stage, device, extra, saver):
     write_metrics(os.path.join(args.model_save_dir, "test_metrics.json"), test_metrics, {"epoch": args.epochs})
     with clock("save"):
         saver.wait()  # the last epoch's checkpoint is on disk (or its error raised) before it is replaced
-        # the same state as the last epoch's checkpoint, now with the test metrics; after
-        # --epochs 0, the initial weights as epoch 0 (an untrained reference the next stage can load)
-        save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra, saver)
-        saver.wait()
+        # the same state as the last epoch's checkpoint, now with the test metrics, written here and
+        # now (nothing is left to overlap with); after --epochs 0, the initial weights as epoch 0
+        # (an untrained reference the next stage can load)
+        save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra)
     print(memory_line(device))
     print(clock.line())
     return test_metrics

@@ -307,7 +307,7 @@ class PhaseClock:
         self.seconds = defaultdict(float)
         self.last = 0.0  # duration of the most recent timed block, for per-epoch lines
         self.t0 = time.perf_counter()
-        self.startup = process_age()  # interpreter + imports, up to the creation of this clock
+        self.startup = process_age()  # interpreter + imports, up to this reset (a stage's setup())
 
     @contextlib.contextmanager
     def __call__(self, phase):
