@@ -92,7 +92,7 @@ def path_args(data_dir, feats_dir, **override):
     `data_dir`, one folder per modality (vggish/, res152/, r2plus1d_18/) in `feats_dir`, the layout
     avvp.synth writes. override: flag name -> path (e.g. label_test=...). Returns argv strings:
     ['--audio_dir', ..., '--eval_visual', ...]."""
-    flags = {f"{key}_dir": os.path.join(feats_dir, folder) for key, (folder, _) in features.MODALITIES.items()}
+    flags = {f"{key}_dir": path for key, path in features.modality_dirs(feats_dir).items()}
     flags.update({f"label_{split}": os.path.join(data_dir, name) for split, name in llp.WEAK_FILES.items()})
     flags.update({f"eval_{kind}": os.path.join(data_dir, name) for kind, name in llp.EVAL_FILES.items()})
     flags.update(override)

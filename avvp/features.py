@@ -24,6 +24,11 @@ ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
 FRAMES_PER_SEGMENT = 8
 
 
+def modality_dirs(root):
+    """The three feature folders under `root`: dict modality key -> root/<vggish|res152|r2plus1d_18>."""
+    return {key: os.path.join(root, folder) for key, (folder, _) in MODALITIES.items()}
+
+
 def feature_path(folder, filename):
     return os.path.join(folder, video_id(filename) + ".npy")
 

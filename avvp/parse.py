@@ -56,7 +56,7 @@ def add_parse_args(p):
 def parse_dirs(args):
     """Feature folders of --parse_dir: DIR/<vggish|res152|r2plus1d_18>, or the --*_dir flags."""
     if args.parse_dir:
-        return {key: os.path.join(args.parse_dir, folder) for key, (folder, _) in features.MODALITIES.items()}
+        return features.modality_dirs(args.parse_dir)
     return engine.feature_dirs(args)
 
 

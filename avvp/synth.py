@@ -53,7 +53,7 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from .features import MODALITIES, feature_path
+from .features import MODALITIES, feature_path, modality_dirs
 from .llp import (CLASS_INDEX, CLASSES, EVAL_FILES, NUM_CLASSES, NUM_SEGMENTS, WEAK_FILES, events_table,
                   read_dense_matrix, read_weak, video_id, write_tsv, write_weak)
 from .utils import AVVPError, atomic_write_text, cli
@@ -541,8 +541,7 @@ def _check_targets(data_dir, feats_dir):
                             f"{', ...' if len(real) > 3 else ''}); refusing to overwrite them: pick another "
                             f"--data_dir or move them away")
     if os.path.isdir(feats_dir) and not os.path.isfile(os.path.join(feats_dir, MARKER_FILE)):
-        for folder, _ in MODALITIES.values():
-            sub = os.path.join(feats_dir, folder)
+        for sub in modality_dirs(feats_dir).values():
             if os.path.isdir(sub) and any(f.endswith(".npy") for f in os.listdir(sub)):
                 raise AVVPError(f"{sub} holds feature files not written by avvp.synth; refusing to "
                                 f"overwrite them: pick another --feats_dir or move them away")
@@ -594,7 +593,7 @@ def generate(data_dir, feats_dir, num_train=DEFAULTS["num_train"], num_val=DEFAU
               f"see {META_FILE} for the arguments.\n")
     atomic_write_text(os.path.join(data_dir, MARKER_FILE), marker)
     atomic_write_text(os.path.join(feats_dir, MARKER_FILE), marker)
-    dirs = {key: os.path.join(feats_dir, folder) for key, (folder, _) in MODALITIES.items()}
+    dirs = modality_dirs(feats_dir)
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
         # packed copies that avvp.features.load_split keeps of an earlier generation: stale now
