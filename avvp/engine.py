@@ -20,8 +20,9 @@ from tqdm import tqdm
 from . import evaluate as llp_eval
 from . import features, llp
 from .model import mmil_loss
+from .optim import make_adam
 from .utils import (AVVPError, BackgroundSaver, atomic_torch_save, atomic_write_text, clock, ensure_writable_dir,
-                    import_in_background, resolve_device, seed_everything)
+                    resolve_device, seed_everything)
 
 ARCH_KEYS = ("num_classes", "d_model", "frame_pool")
 
@@ -106,31 +107,10 @@ def parse_args(parser, argv=None):
     return args
 
 
-TRAIN_MODES = ("train", "retrain")
-
-
-def preimport_wanted(args, device):
-    """Whether to import torch._dynamo on a side thread while the run starts (pure speed-up).
-
-    torch.optim imports torch._dynamo (about 1.1 s of Python) on the first optimizer call. On CUDA
-    the main thread first spends about as long in calls that release the GIL (context creation,
-    the features' host-to-device copies), so the import can run meanwhile. On the CPU, loading
-    holds the GIL as well and the two only slow each other down (2-core CPU: load +1.4 s for
-    "other" -0.9 s), so there it is off. AVVP_PREIMPORT=1 or 0 forces it on or off (tests,
-    benchmarks); only training modes build an optimizer.
-    """
-    if getattr(args, "mode", None) not in TRAIN_MODES:
-        return False
-    flag = os.environ.get("AVVP_PREIMPORT", "auto")
-    return flag == "1" if flag in ("0", "1") else device.type == "cuda"
-
-
 def setup(args):
     """Seed everything, pick the device (and start CUDA, timed), print one line saying so."""
     clock.reset()
     device = resolve_device(args.device)
-    if preimport_wanted(args, device):
-        import_in_background("torch._dynamo")
     seed_everything(args.seed)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -265,13 +245,14 @@ def arch_of(args):
 
 def build_optimizer(args, model, capturable=False):
     """Adam + StepLR. capturable: Adam keeps its step count and lr on the device (a CUDA graph
-    replays them), same update rule."""
-    kw = {"fused": True} if getattr(args, "fused_adam", False) else {}
+    replays them), same update rule. Adam is avvp.optim's: torch's update, bit for bit, without
+    torch.optim's 1-3 s import of torch._dynamo."""
+    fused = True if getattr(args, "fused_adam", False) else None
     if capturable:
         dev = next(model.parameters()).device
-        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(args.lr, device=dev), capturable=True, **kw)
+        opt = make_adam(model.parameters(), torch.tensor(args.lr, device=dev), capturable=True, fused=fused)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr, **kw)
+        opt = make_adam(model.parameters(), args.lr, fused=fused)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
     return opt, sched
 

@@ -2,7 +2,6 @@
 import contextlib
 import functools
 import gc
-import importlib
 import os
 import random
 import sys
@@ -255,30 +254,6 @@ class BackgroundSaver:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
-
-
-def import_in_background(name):
-    """Start importing module `name` on another thread; returns the thread, or None when the
-    module is already imported.
-
-    For a slow import that the run will certainly need later, started while the main thread
-    waits on work that releases the GIL (CUDA start-up, host-to-device copies). Python's import
-    lock makes a later `import name` on any thread wait for this one and get the same module.
-    An error here is dropped: the later import raises it where it normally would. Not a daemon
-    thread, so that the interpreter never shuts down in the middle of an import.
-    """
-    if name in sys.modules:
-        return None
-
-    def run():
-        try:
-            importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 -- the main thread's own import reports it
-            pass
-
-    thread = threading.Thread(target=run, name=f"import {name}")
-    thread.start()
-    return thread
 
 
 # ----------------------------------------------------------------------------- timing

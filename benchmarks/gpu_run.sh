@@ -3,13 +3,13 @@
 # Most important first, so that a time limit cuts the least useful parts:
 #   1. speed.py: the three stages at LLP scale with the default recipe, first without then with
 #      the packed cache, plus the per-file baseline epoch (the issue-6 target: <= 40 s)
-#   2. speed.py again, cache warm, defaults: run-to-run spread of the same figure
-#   3. speed.py, cache warm, with the speed options (OPT_ARGS)
-#   4. start-up only (--epochs 0: load, build, test, save), with the torch._dynamo import on a side
-#      thread (the CUDA default) and without it (AVVP_PREIMPORT=0): what that overlap saves
-#   5. step_profile.py: epoch time of the graph path for the default and each speed option, and
-#      the kernels of one eager step
-#   6. graph_check.py: graph vs eager loss trajectories (dropout off)
+#   2. speed.py, cache warm, with the speed options (OPT_ARGS)
+#   3. stage_profile.py: stage 1 (1 epoch) under cProfile: where "other" and start-up go, and
+#      that no torch._dynamo is imported
+#   4. graph_check.py: graph vs eager loss trajectories (dropout off), and avvp.optim.Adam vs
+#      torch.optim.Adam on both paths
+#   5. step_profile.py: epoch time of the graph path for the default and the options (VARIANTS),
+#      and the kernels of one eager step
 # Each part has its own timeout, so one slow part still leaves the others' figures.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -21,17 +21,16 @@ T0=$SECONDS
 stamp() { echo "[gpu_run] $1 done at +$((SECONDS - T0)) s" | tee -a "$OUT/gpu.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python -c "import torch, os; print('torch', torch.__version__, 'cpus', os.cpu_count())" 2>&1 | tee -a "$OUT/gpu.txt"
-timeout ${SPEED_TIMEOUT:-230} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" ${SPEED_ARGS:-} 2>&1 \
+timeout ${SPEED_TIMEOUT:-200} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" ${SPEED_ARGS:-} 2>&1 \
     | tee "$OUT/speed.txt"; stamp "1 speed"
-timeout ${REPEAT_TIMEOUT:-75} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
-    ${SPEED_ARGS:-} 2>&1 | tee "$OUT/speed_repeat.txt"; stamp "2 repeat"
-timeout ${OPT_TIMEOUT:-75} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
-    ${SPEED_ARGS:-} --stage_args "$OPT_ARGS" 2>&1 | tee "$OUT/speed_options.txt"; stamp "3 options"
-for flag in 0 1; do
-    AVVP_PREIMPORT=$flag timeout ${STARTUP_TIMEOUT:-35} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" \
-        --skip_cold --skip_baseline --epochs 0 2>&1 | tee "$OUT/startup_preimport$flag.txt"
-done; stamp "4 start-up"
-timeout ${PROFILE_TIMEOUT:-55} python benchmarks/step_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/step_profile.txt"
-stamp "5 profile"
-timeout ${GRAPH_TIMEOUT:-35} python benchmarks/graph_check.py --epochs 2 ${GRAPH_ARGS:---videos 4000} 2>&1 \
-    | tee "$OUT/graph_check.txt"; stamp "6 graph check"
+timeout ${OPT_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
+    ${SPEED_ARGS:-} --stage_args "$OPT_ARGS" 2>&1 | tee "$OUT/speed_options.txt"; stamp "2 options"
+D=$WORKDIR
+timeout ${STAGE_PROFILE_TIMEOUT:-40} python benchmarks/stage_profile.py --top 40 -- --mode train --no_progress \
+    $(python -c "from avvp import engine; print(' '.join(engine.path_args('$D/data', '$D/feats')))") \
+    --model_save_dir "$WORKDIR/m_prof" ${STAGE_PROFILE_ARGS:---epochs 1} 2>&1 | tee "$OUT/stage_profile.txt"
+stamp "3 stage profile"
+timeout ${GRAPH_TIMEOUT:-50} python benchmarks/graph_check.py ${GRAPH_ARGS:---epochs 1 --videos 4000} 2>&1 \
+    | tee "$OUT/graph_check.txt"; stamp "4 graph check"
+timeout ${PROFILE_TIMEOUT:-45} python benchmarks/step_profile.py --variants ${VARIANTS:-default,both} \
+    ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/step_profile.txt"; stamp "5 step profile"

@@ -4,7 +4,8 @@
 
 Dropout is set to 0 in both so that the two paths see identical arithmetic (with dropout the
 random masks are drawn differently by the two paths). Prints the largest loss difference and
-the largest weight difference after all steps, and the step times of both paths.
+the largest weight difference after all steps, and the step times of both paths. Then checks the
+stages' optimizer (avvp.optim.Adam) against torch.optim.Adam on both paths.
 """
 import argparse
 import copy
@@ -62,11 +63,36 @@ def run(graph, split, base_model, args, device, epochs):
     return losses, times, model
 
 
+def adam_check(split, base_model, args, device, epochs=1):
+    """avvp.optim.Adam (the stages' optimizer) against torch.optim.Adam, eager and graph paths:
+    final weights after `epochs` epochs, max |difference|, with a torch-vs-torch repeat as the floor
+    (0 where the device runs deterministically)."""
+    def torch_adam(params, lr, *, capturable=False, fused=None):
+        return torch.optim.Adam(params, lr=lr, capturable=capturable, fused=fused)
+
+    def weights(graph):
+        return run(graph, split, base_model, args, device, epochs)[2].parameters()
+
+    own = engine.make_adam
+    for graph in (False, True):
+        ours = [p.detach().clone() for p in weights(graph)]
+        engine.make_adam = torch_adam
+        try:
+            ref, again = ([p.detach().clone() for p in weights(graph)] for _ in range(2))
+        finally:
+            engine.make_adam = own
+        diff = max((a - b).abs().max().item() for a, b in zip(ours, ref))
+        floor = max((a - b).abs().max().item() for a, b in zip(again, ref))
+        print(f"avvp.optim.Adam vs torch.optim.Adam, {'graph' if graph else 'eager'} path, {epochs} epoch(s): "
+              f"max |weight diff| = {diff:.2e} (torch vs torch: {floor:.2e})", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--videos", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--adam_videos", type=int, default=2000, help="videos for the optimizer check (0: skip it)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on CPU both paths are eager
     torch.manual_seed(0)
@@ -81,7 +107,11 @@ def main():
     print(f"eager epoch losses {['%.6f' % x for x in le]}; times {['%.2f' % x for x in te]} s")
     print(f"graph epoch losses {['%.6f' % x for x in lg]}; times {['%.2f' % x for x in tg]} s (1st includes capture)")
     print(f"max |loss eager - loss graph| = {dl:.2e}; max |weight diff| = {dw:.2e}")
-    print(f"epoch time eager {min(te):.2f} s, graph {min(tg):.2f} s -> {min(te) / min(tg):.1f}x")
+    print(f"epoch time eager {min(te):.2f} s, graph {min(tg):.2f} s -> {min(te) / min(tg):.1f}x", flush=True)
+    if args.adam_videos:
+        n = min(args.adam_videos, len(split))
+        sub = engine.Split(split.filenames[:n], split.labels[:n], {k: v[:n] for k, v in split.feats.items()}, device)
+        adam_check(sub, base, args, device)
 
 
 if __name__ == "__main__":

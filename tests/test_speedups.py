@@ -160,45 +160,6 @@ def test_fused_adam_follows_the_same_loss_trajectory():
     assert runs[False] == pytest.approx(runs[True], rel=1e-4, abs=1e-5)
 
 
-def test_import_in_background_runs_the_module_once_and_leaves_errors_to_the_main_import(tmp_path, monkeypatch):
-    # a slow module whose body counts its executions in a file; the main thread imports it
-    # while the side thread is still inside that body
-    (tmp_path / "avvp_slow_mod.py").write_text(
-        "import time, pathlib\n"
-        "p = pathlib.Path(__file__).with_suffix('.count')\n"
-        "p.write_text(str(int(p.read_text()) + 1 if p.exists() else 1))\n"
-        "time.sleep(0.3)\n"
-        "VALUE = 42\n")
-    (tmp_path / "avvp_broken_mod.py").write_text("raise ValueError('broken on purpose')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("avvp_slow_mod", "avvp_broken_mod"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    assert avvp.utils.import_in_background("os") is None  # already imported: nothing started
-    t = avvp.utils.import_in_background("avvp_slow_mod")
-    time.sleep(0.05)
-    import avvp_slow_mod  # waits for the side thread's import, does not run the body again
-    assert avvp_slow_mod.VALUE == 42  # a partly run body would not have it yet
-    t.join(5)
-    assert (tmp_path / "avvp_slow_mod.count").read_text() == "1"
-    t = avvp.utils.import_in_background("avvp_broken_mod")
-    t.join(5)
-    assert not t.is_alive() and "avvp_broken_mod" not in sys.modules  # the failure was dropped there...
-    with pytest.raises(ValueError, match="broken on purpose"):
-        import avvp_broken_mod  # noqa: F401 -- ...and is raised where the run imports it
-
-
-@pytest.mark.parametrize("mode, device, env, want", [
-    ("train", "cuda", None, True), ("retrain", "cuda", None, True), ("train", "cpu", None, False),
-    ("estimate_labels", "cuda", None, False), ("test", "cuda", "1", False),
-    ("train", "cpu", "1", True), ("retrain", "cuda", "0", False)])
-def test_dynamo_preimport_only_where_an_optimizer_is_built_and_it_pays(mode, device, env, want, monkeypatch):
-    if env is None:
-        monkeypatch.delenv("AVVP_PREIMPORT", raising=False)
-    else:
-        monkeypatch.setenv("AVVP_PREIMPORT", env)
-    assert engine.preimport_wanted(SimpleNamespace(mode=mode), torch.device(device)) is want
-
-
 def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
     import gc
     kept, seen = [], []
@@ -228,15 +189,3 @@ def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
         gc.enable()
 
 
-def test_the_side_import_draws_no_random_numbers():
-    # it runs while the main thread seeds and draws (partners, initial weights): any draw of its
-    # own would make a seeded CUDA run irreproducible
-    import subprocess
-    code = ("import random, numpy as np, torch\n"
-            "random.seed(1); np.random.seed(1); torch.manual_seed(1)\n"
-            "before = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist())\n"
-            "import torch._dynamo\n"
-            "after = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist())\n"
-            "print(before == after)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "True", out.stdout + out.stderr[-1000:]
