@@ -32,5 +32,5 @@ timeout ${STAGE_PROFILE_TIMEOUT:-40} python benchmarks/stage_profile.py --top 40
 stamp "3 stage profile"
 timeout ${GRAPH_TIMEOUT:-50} python benchmarks/graph_check.py ${GRAPH_ARGS:---epochs 1 --videos 4000} 2>&1 \
     | tee "$OUT/graph_check.txt"; stamp "4 graph check"
-timeout ${PROFILE_TIMEOUT:-45} python benchmarks/step_profile.py --variants ${VARIANTS:-default,both} \
+timeout ${PROFILE_TIMEOUT:-45} python benchmarks/step_profile.py --variants ${VARIANTS:-default,sdpa_attention,both} \
     ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/step_profile.txt"; stamp "5 step profile"
