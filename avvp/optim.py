@@ -24,7 +24,11 @@ from itertools import chain
 
 import torch
 from torch.optim import adam as _torch_adam
-from torch.optim.optimizer import _default_to_fused_or_foreach
+
+try:
+    from torch.optim.optimizer import _default_to_fused_or_foreach
+except ImportError:  # another torch layout: make_adam falls back to torch.optim.Adam
+    _default_to_fused_or_foreach = None
 
 _UPDATE_KWARGS = {"amsgrad", "has_complex", "beta1", "beta2", "lr", "weight_decay", "eps", "maximize",
                   "capturable", "differentiable", "decoupled_weight_decay"}
@@ -32,6 +36,8 @@ _UPDATE_KWARGS = {"amsgrad", "has_complex", "beta1", "beta2", "lr", "weight_deca
 
 def _update_functions():
     """torch's (per-tensor, foreach, fused) Adam updates, or None when they take other arguments."""
+    if _default_to_fused_or_foreach is None:
+        return None
     names = ("_single_tensor_adam", "_multi_tensor_adam", "_fused_adam")
     fns = [getattr(_torch_adam, n, None) for n in names]
     for fn in fns:

@@ -4,6 +4,9 @@
 #   1. speed.py: the three stages at LLP scale with the default recipe, first without then with
 #      the packed cache, plus the per-file baseline epoch (the issue-6 target: <= 40 s)
 #   2. speed.py, cache warm, with the speed options (OPT_ARGS)
+#   2b. speed.py, cache warm, defaults, with Python's bytecode cache moved to a writable folder
+#      (PYTHONPYCACHEPREFIX): on the session-4 image every process recompiled ~790 torch modules
+#      (2.1 s in `compile`); gpu.txt says why (read-only site-packages or no bytecode writes)
 #   3. stage_profile.py: stage 1 (1 epoch) under cProfile: where "other" and start-up go, and
 #      that no torch._dynamo is imported
 #   4. graph_check.py: graph vs eager loss trajectories (dropout off), and avvp.optim.Adam vs
@@ -21,10 +24,23 @@ T0=$SECONDS
 stamp() { echo "[gpu_run] $1 done at +$((SECONDS - T0)) s" | tee -a "$OUT/gpu.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python -c "import torch, os; print('torch', torch.__version__, 'cpus', os.cpu_count())" 2>&1 | tee -a "$OUT/gpu.txt"
+python - <<'PY' 2>&1 | tee -a "$OUT/gpu.txt"
+import importlib.util, os, sys
+spec = importlib.util.find_spec("torch")
+pyc = importlib.util.cache_from_source(spec.origin)
+print("bytecode: dont_write_bytecode", sys.dont_write_bytecode, "| pycache_prefix", sys.pycache_prefix,
+      "| torch pyc exists", os.path.exists(pyc), "| torch folder writable", os.access(os.path.dirname(spec.origin), os.W_OK),
+      "| PYTHON* env", {k: v for k, v in os.environ.items() if k.startswith("PYTHON")})
+PY
 timeout ${SPEED_TIMEOUT:-200} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" ${SPEED_ARGS:-} 2>&1 \
     | tee "$OUT/speed.txt"; stamp "1 speed"
 timeout ${OPT_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
     ${SPEED_ARGS:-} --stage_args "$OPT_ARGS" 2>&1 | tee "$OUT/speed_options.txt"; stamp "2 options"
+export PYTHONPYCACHEPREFIX=$WORKDIR/pycache
+python -c "import avvp.engine, avvp.parse, pandas" >/dev/null 2>&1  # the first process writes the bytecode
+timeout ${PYC_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
+    ${SPEED_ARGS:-} 2>&1 | tee "$OUT/speed_pycache.txt"; stamp "2b bytecode cache"
+unset PYTHONPYCACHEPREFIX
 D=$WORKDIR
 timeout ${STAGE_PROFILE_TIMEOUT:-40} python benchmarks/stage_profile.py --top 40 -- --mode train --no_progress \
     $(python -c "from avvp import engine; print(' '.join(engine.path_args('$D/data', '$D/feats')))") \

@@ -72,6 +72,15 @@ def test_state_dicts_load_across_the_two_and_resume_the_same_trajectory():
 def test_make_adam_falls_back_to_torch_where_the_update_functions_differ(monkeypatch, capsys):
     params = list(MMIL_Net().parameters())
     assert type(optim.make_adam(params, 3e-4)) is optim.Adam
+    assert optim._update_functions() is not None  # this torch build's functions take the expected arguments
+
+    def renamed(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, grad_scale, found_inf, *,
+                amsgrad, has_complex, beta1, beta2, learning_rate, weight_decay, eps, maximize, capturable,
+                differentiable, decoupled_weight_decay):  # a future torch renaming one argument
+        raise AssertionError("never called")
+    monkeypatch.setattr(optim._torch_adam, "_multi_tensor_adam", renamed)
+    assert optim._update_functions() is None
+    monkeypatch.undo()
     monkeypatch.setattr(optim, "_UPDATES", None)
     assert type(optim.make_adam(params, 3e-4)) is torch.optim.Adam
     assert "using torch.optim.Adam" in capsys.readouterr().out
