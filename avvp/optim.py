@@ -30,6 +30,8 @@ try:
 except ImportError:  # another torch layout: make_adam falls back to torch.optim.Adam
     _default_to_fused_or_foreach = None
 
+_UPDATE_ARGS = ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps", "grad_scale",
+                "found_inf"]
 _UPDATE_KWARGS = {"amsgrad", "has_complex", "beta1", "beta2", "lr", "weight_decay", "eps", "maximize",
                   "capturable", "differentiable", "decoupled_weight_decay"}
 
@@ -43,8 +45,9 @@ def _update_functions():
     for fn in fns:
         if fn is None:
             return None
-        kw = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-        if kw != _UPDATE_KWARGS:
+        params = inspect.signature(fn).parameters.items()
+        positional = [n for n, p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if positional != _UPDATE_ARGS or {n for n, p in params if p.kind is p.KEYWORD_ONLY} != _UPDATE_KWARGS:
             return None
     return dict(zip(("single", "foreach", "fused"), fns))
 

@@ -78,8 +78,13 @@ def test_make_adam_falls_back_to_torch_where_the_update_functions_differ(monkeyp
                 amsgrad, has_complex, beta1, beta2, learning_rate, weight_decay, eps, maximize, capturable,
                 differentiable, decoupled_weight_decay):  # a future torch renaming one argument
         raise AssertionError("never called")
-    monkeypatch.setattr(optim._torch_adam, "_multi_tensor_adam", renamed)
-    assert optim._update_functions() is None
+    def swapped(grads, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, grad_scale, found_inf, *,
+                amsgrad, has_complex, beta1, beta2, lr, weight_decay, eps, maximize, capturable,
+                differentiable, decoupled_weight_decay):  # or reordering two positional ones
+        raise AssertionError("never called")
+    for changed in (renamed, swapped):
+        monkeypatch.setattr(optim._torch_adam, "_multi_tensor_adam", changed)
+        assert optim._update_functions() is None
     monkeypatch.undo()
     monkeypatch.setattr(optim, "_UPDATES", None)
     assert type(optim.make_adam(params, 3e-4)) is torch.optim.Adam
