@@ -5,8 +5,9 @@
 #      the packed cache, plus the per-file baseline epoch (the issue-6 target: <= 40 s)
 #   2. speed.py, cache warm, with the speed options (OPT_ARGS)
 #   2b. speed.py, cache warm, defaults, with Python's bytecode cache moved to a writable folder
-#      (PYTHONPYCACHEPREFIX): on the session-4 image every process recompiled ~790 torch modules
-#      (2.1 s in `compile`); gpu.txt says why (read-only site-packages or no bytecode writes)
+#      (PYTHONPYCACHEPREFIX, and PYTHONDONTWRITEBYTECODE lifted): on the session-4 image every
+#      process recompiled ~790 torch modules (2.1 s in `compile`); gpu.txt says why (no .pyc
+#      installed, a read-only folder, or bytecode writes turned off)
 #   3. stage_profile.py: stage 1 (1 epoch) under cProfile: where "other" and start-up go, and
 #      that no torch._dynamo is imported
 #   4. graph_check.py: graph vs eager loss trajectories (dropout off), and avvp.optim.Adam vs
@@ -36,11 +37,11 @@ timeout ${SPEED_TIMEOUT:-200} python benchmarks/speed.py $SCALE --workdir "$WORK
     | tee "$OUT/speed.txt"; stamp "1 speed"
 timeout ${OPT_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
     ${SPEED_ARGS:-} --stage_args "$OPT_ARGS" 2>&1 | tee "$OUT/speed_options.txt"; stamp "2 options"
-export PYTHONPYCACHEPREFIX=$WORKDIR/pycache
-python -c "import avvp.engine, avvp.parse, pandas" >/dev/null 2>&1  # the first process writes the bytecode
-timeout ${PYC_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
-    ${SPEED_ARGS:-} 2>&1 | tee "$OUT/speed_pycache.txt"; stamp "2b bytecode cache"
-unset PYTHONPYCACHEPREFIX
+# bytecode written to (and read from) a writable folder, PYTHONDONTWRITEBYTECODE lifted for this part only
+( export PYTHONPYCACHEPREFIX=$WORKDIR/pycache; unset PYTHONDONTWRITEBYTECODE
+  python -c "import avvp.engine, avvp.parse, pandas, sklearn" >/dev/null 2>&1  # the first process writes it
+  timeout ${PYC_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
+      ${SPEED_ARGS:-} 2>&1 | tee "$OUT/speed_pycache.txt" ); stamp "2b bytecode cache"
 D=$WORKDIR
 timeout ${STAGE_PROFILE_TIMEOUT:-40} python benchmarks/stage_profile.py --top 40 -- --mode train --no_progress \
     $(python -c "from avvp import engine; print(' '.join(engine.path_args('$D/data', '$D/feats')))") \
