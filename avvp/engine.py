@@ -247,7 +247,7 @@ def build_optimizer(args, model, capturable=False):
     """Adam + StepLR. capturable: Adam keeps its step count and lr on the device (a CUDA graph
     replays them), same update rule. Adam is avvp.optim's: torch's update, bit for bit, without
     torch.optim's 1-3 s import of torch._dynamo."""
-    fused = True if getattr(args, "fused_adam", False) else None
+    fused = True if args.fused_adam else None
     if capturable:
         dev = next(model.parameters()).device
         opt = make_adam(model.parameters(), torch.tensor(args.lr, device=dev), capturable=True, fused=fused)
@@ -598,6 +598,14 @@ def stage_parser(description, train_mode):
     add_common_args(p, epochs=12)
     parse.add_parse_args(p)
     return p
+
+
+def default_args(train_mode="train", **override):
+    """A training stage's flags at their defaults (the released recipe), with `override` (flag ->
+    value): for code that builds a Trainer without a command line (tests, benchmarks)."""
+    args = parse_args(stage_parser(None, train_mode), [])
+    vars(args).update(override)
+    return args
 
 
 def start_stage(args, stage, net_class, train_mode):

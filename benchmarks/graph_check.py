@@ -12,7 +12,6 @@ import copy
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -37,10 +36,8 @@ def sync(device):
 
 
 def trainer_args(batch_size, graph, fused_adam=False):
-    """The recipe's training flags, as the stages' argparse would give them."""
-    return SimpleNamespace(batch_size=batch_size, lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph=graph,
-                           no_progress=True, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1,
-                           contrastive_form="released", fused_adam=fused_adam)
+    """The recipe's training flags, as the stages' argparse gives them."""
+    return engine.default_args(batch_size=batch_size, graph=graph, no_progress=True, fused_adam=fused_adam)
 
 
 def timed_epochs(trainer, device, epochs):

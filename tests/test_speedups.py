@@ -5,7 +5,6 @@ import os
 import re
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -57,11 +56,7 @@ def test_background_save_error_is_raised_at_the_next_call_and_keeps_the_old_file
 
 def recipe_args(**override):
     """The training flags the engine reads, at the recipe's values (eager, CPU)."""
-    a = dict(lr=3e-4, lr_step=10, lr_gamma=0.1, seed=1, graph="off", batch_size=16, frame_pool="early",
-             no_progress=True, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1,
-             contrastive_form="released")
-    a.update(override)
-    return SimpleNamespace(**a)
+    return engine.default_args(graph="off", no_progress=True, **override)
 
 
 def random_split(n, seed, label_rate):
