@@ -171,7 +171,8 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
         if not os.path.isdir(folder):
             raise AVVPError(f"{folder}: feature folder not found ({features.MODALITIES[key][0]} features; "
                             f"see feats/README.md, or run `python -m avvp.synth` for the synthetic set)")
-    missing = features.missing_videos(dirs, filenames)
+    stats = features.stat_files(dirs, filenames)  # one stat per file: missing check and cache key
+    missing = features.missing_videos(dirs, filenames, stats)
     if missing:
         if not args.skip_missing:
             first = missing[0]
@@ -184,13 +185,14 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
         print(f"warning: {name}: skipping {len(missing)} of {len(filenames)} videos with missing feature files",
               file=sys.stderr)
         filenames = [f for f, k in zip(filenames, keep) if k]
+        stats = {key: [st for st, k in zip(col, keep) if k] for key, col in stats.items()}
         labels = None if labels is None else labels[keep]
         if not filenames:
             raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
     cache = use_cache(args, dirs, len(filenames))
     with clock("load"):
         arrays = features.load_split(dirs, filenames, desc=name, progress=not args.no_progress,
-                                     pool_frames=args.frame_pool == "early", cache=cache)
+                                     pool_frames=args.frame_pool == "early", cache=cache, stats=stats)
         feats = place(arrays, device, name)
         del arrays
         gt_a = gt_v = None
@@ -405,17 +407,22 @@ def set_rng_state(s, gen):
 
 # ----------------------------------------------------------------------------- inference, evaluation
 
+PREDICT_KEYS = ("video_prob", "audio_prob", "visual_prob", "frame_prob")
+
+
 @torch.no_grad()
-def predict(model, split, batch_size=256, swap=None):
+def predict(model, split, batch_size=256, swap=None, keys=PREDICT_KEYS):
     """Run the model in eval mode over a split in large batches.
 
     swap: None, or (partner (N,) long, 'audio' | 'visual'): replace that modality of video i by
-    partner[i]'s. Returns numpy dict video_prob, audio_prob, visual_prob (N, C), frame_prob (N, 10, 2, C).
+    partner[i]'s. keys: the outputs wanted, of video_prob, audio_prob, visual_prob (N, C) and
+    frame_prob (N, 10, 2, C). Returns a numpy dict of them. Outputs stay on the model's device
+    until the end (one copy to the host per output, not one per batch).
     """
     was_training = model.training
     model.eval()
     n = len(split)
-    outs = {k: [] for k in ("video_prob", "audio_prob", "visual_prob", "frame_prob")}
+    outs = {k: [] for k in keys}
     dev = split.feats["audio"].device
     if swap is not None:
         partner = torch.as_tensor(swap[0], device=dev)
@@ -427,9 +434,9 @@ def predict(model, split, batch_size=256, swap=None):
             a_idx, v_idx = (j, idx) if swap[1] == "audio" else (idx, j)
         out = model(*split.inputs(a_idx, v_idx))
         for k in outs:
-            outs[k].append(getattr(out, k).float().cpu())
+            outs[k].append(getattr(out, k).float())
     model.train(was_training)
-    return {k: torch.cat(v).numpy() for k, v in outs.items()}
+    return {k: torch.cat(v).cpu().numpy() for k, v in outs.items()}
 
 
 def evaluate(model, split, batch_size=256, probs=None):
@@ -498,8 +505,9 @@ def load_model_strict(model, ckpt, path):
 def fit(args, trainer, val, test, stage, device, extra=None):
     """Train for args.epochs (resuming if asked), evaluating val each epoch; keep the last epoch.
 
-    Writes the checkpoint atomically after every epoch (so --resume and kill -9 are safe), then
-    val_metrics.json, and finally evaluates test and writes test_metrics.json. Checkpoints are
+    Writes the checkpoint atomically after every epoch but the last (so --resume and kill -9 are
+    safe), then val_metrics.json; finally evaluates test, writes test_metrics.json and the last
+    epoch's checkpoint with val and test metrics (one write of it instead of two). Checkpoints are
     written on a background thread while the next epoch trains (a pure speed-up: the state is
     snapshotted first, writes stay in order, and all are on disk when fit returns).
     """
@@ -539,9 +547,10 @@ def _fit(args, trainer, val, test, stage, device, extra, saver):
             metrics = evaluate(trainer.model, val, args.eval_batch_size)
         print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
               f"train {train_s:.2f}s val {clock.last:.2f}s | val {metrics_line(metrics)}", flush=True)
-        with clock("save"):
-            save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra, saver)
         last = epoch
+        if epoch < args.epochs:  # the last epoch's state is written once, below, with its test metrics
+            with clock("save"):
+                save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra, saver)
     if metrics is not None:
         write_metrics(os.path.join(args.model_save_dir, "val_metrics.json"), metrics, {"epoch": args.epochs})
     with clock("test"):
@@ -549,10 +558,11 @@ def _fit(args, trainer, val, test, stage, device, extra, saver):
     print(llp_eval.format_table(test_metrics, title=f"{stage}: test set ({len(test)} videos), last epoch"))
     write_metrics(os.path.join(args.model_save_dir, "test_metrics.json"), test_metrics, {"epoch": args.epochs})
     with clock("save"):
-        saver.wait()  # the last epoch's checkpoint is on disk (or its error raised) before it is replaced
-        # the same state as the last epoch's checkpoint, now with the test metrics, written here and
-        # now (nothing is left to overlap with); after --epochs 0, the initial weights as epoch 0
-        # (an untrained reference the next stage can load)
+        saver.wait()  # earlier epochs' checkpoints are on disk (or their error raised) before this one
+        # the last epoch's state with its val and test metrics, written here and now (nothing is left
+        # to overlap with), once: a kill before this line leaves the previous epoch's checkpoint,
+        # from which --resume redoes the last epoch. After --epochs 0, the initial weights as epoch
+        # 0 (an untrained reference the next stage can load)
         save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra)
     print(memory_line(device))
     print(clock.line())

@@ -28,7 +28,6 @@ import sys
 import warnings
 
 import numpy as np
-import pandas as pd
 
 from . import llp
 from .llp import CLASSES, NUM_CLASSES, NUM_SEGMENTS
@@ -218,6 +217,7 @@ def per_class_segment_f(pred_a, pred_v, gt_a, gt_v):
         denom = 2 * tp + fp + fn
         with np.errstate(invalid="ignore", divide="ignore"):
             cols[key] = np.where(denom > 0, 100.0 * 2 * tp / denom, np.nan)
+    import pandas as pd  # parse mode's per-class table; pandas stays off the training stages' imports
     return pd.DataFrame(cols, index=pd.Index(CLASSES, name="class"))
 
 
@@ -251,7 +251,7 @@ def evaluate_files(label_csv, eval_audio, eval_visual, pred_audio, pred_visual):
     mats = []
     for path, is_pred in ((eval_audio, False), (eval_visual, False), (pred_audio, True), (pred_visual, True)):
         events = llp.read_dense(path, allow_empty=is_pred)  # a model may predict no event at all
-        if is_pred and len(events) and not pd.Index(names).isin(events["filename"]).any():
+        if is_pred and len(events) and set(names).isdisjoint(events["filename"].tolist()):
             warnings.warn(f"{path}: none of its {len(events)} row(s) names a video of {label_csv} "
                           f"(wrong split?); every prediction is empty", UserWarning, stacklevel=2)
         mats.append(llp.dense_matrix(events, names))

@@ -6,6 +6,7 @@ float32 or float64; everything is computed in float32.
 import hashlib
 import io
 import os
+import stat as stat_module
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -114,9 +115,31 @@ def count_videos(folder, stop=None):
     return n
 
 
-def missing_videos(dirs, filenames):
-    """Filenames lacking a feature file in any of `dirs` (dict modality -> folder)."""
-    return [f for f in filenames if not all(os.path.isfile(feature_path(d, f)) for d in dirs.values())]
+def stat_files(dirs, filenames):
+    """One os.stat per video and folder: dict modality key -> list of (size, mtime_ns) per
+    filename, None where the file is missing or not a regular file. Feeds both the missing-file
+    check and the packed cache's key, which used to stat every file twice (isfile, then stat):
+    LLP's 10,000 train videos, both uses, on the 2-core CPU: 0.30 s -> 0.12 s (medians of 7).
+    On one thread: reader threads made the stat pass twice slower there (the GIL is held
+    between two stat calls)."""
+    out = {}
+    for key, folder in dirs.items():
+        col = out[key] = []
+        for name in filenames:
+            try:
+                st = os.stat(feature_path(folder, name))
+            except OSError:  # missing, unreadable folder, name too long: all mean "no file"
+                col.append(None)
+                continue
+            col.append((st.st_size, st.st_mtime_ns) if stat_module.S_ISREG(st.st_mode) else None)
+    return out
+
+
+def missing_videos(dirs, filenames, stats=None):
+    """Filenames lacking a feature file in any of `dirs` (dict modality -> folder).
+    stats: stat_files(dirs, filenames), when already taken."""
+    stats = stat_files(dirs, filenames) if stats is None else stats
+    return [f for i, f in enumerate(filenames) if any(stats[key][i] is None for key in dirs)]
 
 
 def segment_means(video):
@@ -137,16 +160,18 @@ def _fill(arr, folder, filenames, shape, pool, desc, progress):
                   disable=not progress, mininterval=1.0))
 
 
-def _cache_key(folder, filenames, pool):
-    """Hash of the split's file list and each file's size and mtime: any change rebuilds the cache."""
+def _cache_key(folder, filenames, pool, stats=None):
+    """Hash of the split's file list and each file's size and mtime: any change rebuilds the cache.
+    stats: the folder's (size, mtime_ns) per filename from stat_files, when already taken."""
     h = hashlib.sha1(f"v1|pool={pool}|".encode())
-    for name in filenames:
-        st = os.stat(feature_path(folder, name))
-        h.update(f"{video_id(name)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    if stats is None:
+        stats = [(st.st_size, st.st_mtime_ns) for st in (os.stat(feature_path(folder, n)) for n in filenames)]
+    for name, (size, mtime) in zip(filenames, stats):
+        h.update(f"{video_id(name)}:{size}:{mtime};".encode())
     return h.hexdigest()[:16]
 
 
-def load_split(dirs, filenames, desc="features", progress=True, pool_frames=False, cache=True):
+def load_split(dirs, filenames, desc="features", progress=True, pool_frames=False, cache=True, stats=None):
     """Load a whole split into one float32 array per modality.
 
     dirs: dict modality key ('audio', 'video', 'st') -> folder.
@@ -156,6 +181,7 @@ def load_split(dirs, filenames, desc="features", progress=True, pool_frames=Fals
     (`<folder>/.packed/<key>.npy`, keyed by the file list, sizes and mtimes, so it is rebuilt
     when any file changes) and memory-map it on later runs: one sequential read instead of one
     file per video. An unwritable folder just means no cache.
+    stats: stat_files(dirs, filenames), when the caller has taken it (not stat'ed again).
     Returns dict key -> (N, *shape) float32 array (possibly a read-only memory map), rows in the
     order of `filenames`.
     """
@@ -169,7 +195,8 @@ def load_split(dirs, filenames, desc="features", progress=True, pool_frames=Fals
         label = f"{desc} {MODALITIES[key][0]}"
         packed = None
         if cache:
-            packed = os.path.join(folder, ".packed", _cache_key(folder, filenames, pool) + ".npy")
+            key_stats = None if stats is None else stats[key]
+            packed = os.path.join(folder, ".packed", _cache_key(folder, filenames, pool, key_stats) + ".npy")
             if os.path.isfile(packed):
                 try:
                     arr = np.load(packed, mmap_mode="r")

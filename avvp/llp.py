@@ -12,7 +12,6 @@ import re
 import warnings
 
 import numpy as np
-import pandas as pd
 
 from .utils import AVVPError, atomic_path
 
@@ -43,8 +42,47 @@ def video_id(filename):
     return filename[:11]
 
 
+class Table:
+    """Rows of an LLP file as named, equal-length 1-D numpy columns: table["filename"] is an (N,)
+    array, len(table) is N. A DataFrame would do, but importing pandas costs every stage process
+    0.3 s (more where the install keeps no bytecode), so the files the stages read and write go
+    through this; table.frame() gives a pandas DataFrame where one is wanted."""
+
+    def __init__(self, columns):
+        self.columns = {name: np.asarray(col) for name, col in columns.items()}
+        lengths = {len(col) for col in self.columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of unequal length: { {k: len(v) for k, v in self.columns.items()} }")
+
+    def __getitem__(self, name):
+        return self.columns[name]
+
+    def __len__(self):
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def take(self, rows):
+        """The rows `rows` (boolean mask or indices), as a new Table."""
+        return Table({name: col[rows] for name, col in self.columns.items()})
+
+    @staticmethod
+    def concat(tables):
+        tables = list(tables)
+        return Table({name: np.concatenate([t[name] for t in tables]) for name in tables[0].columns})
+
+    def frame(self):
+        import pandas as pd  # only for callers that want a DataFrame
+        return pd.DataFrame(self.columns)
+
+
+def _strings(values):
+    """A 1-D array of str as an object array (what a DataFrame's string column holds)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def read_table(path, columns, allow_empty=False):
-    """Read a tab-separated LLP file as strings; returns (DataFrame, line numbers of its rows).
+    """Read a tab-separated LLP file as strings; returns (Table of `columns`, line numbers of its rows).
 
     allow_empty: a header-only file is valid (a prediction file of a model that predicts nothing).
     """
@@ -63,19 +101,47 @@ def read_table(path, columns, allow_empty=False):
     missing = [c for c in columns if c not in header]
     if missing:
         raise AVVPError(f"{path}: header {header} lacks column(s) {missing} (expected tab-separated {columns})")
+    twice = [c for c in columns if header.count(c) > 1]
+    if twice:
+        raise AVVPError(f"{path}: column(s) {twice} appear more than once in the header {header}")
     rows, line_nos = [], []
     for ln, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = line.split("\t")
-        rows.append(fields + [""] * (len(header) - len(fields)))
+        rows.append(line.split("\t"))
         line_nos.append(ln)
     if not rows and not allow_empty:
         raise AVVPError(f"{path}: header only, no rows")
-    width = len(header)
-    df = pd.DataFrame([r[:width] for r in rows], columns=header, dtype=str)
-    df = df[list(columns)].apply(lambda s: s.str.strip())
-    return df, np.asarray(line_nos)
+    # a short row's missing trailing fields are empty strings; extra fields are ignored
+    pos = [header.index(c) for c in columns]
+    table = Table({c: _strings([r[i].strip() if i < len(r) else "" for r in rows]) for c, i in zip(columns, pos)})
+    return table, np.asarray(line_nos, dtype=np.int64)
+
+
+def _first_duplicate(values):
+    """(index of the first value seen before, index of that earlier value), or None; and the count
+    of rows that repeat an earlier value."""
+    seen, first, count = {}, None, 0
+    for i, v in enumerate(values):
+        if v in seen:
+            count += 1
+            if first is None:
+                first = (i, seen[v])
+        else:
+            seen[v] = i
+    return first, count
+
+
+def _to_number(text):
+    """A number field as float (NaN when it is not one): ints, decimals and exponents, as
+    pandas.to_numeric(errors='coerce') reads them (float() also takes '1_0' and non-ASCII digits
+    such as '３'; those are not numbers here)."""
+    if "_" in text or not text.isascii():
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def parse_class_list(text, path, line):
@@ -106,21 +172,20 @@ class WeakLabels:
 
 def read_weak(path):
     """Read a weak label file; errors on bad filenames, duplicates, unknown classes."""
-    df, line_nos = read_table(path, ["filename", "event_labels"])
-    names = df["filename"].to_numpy()
-    bad = ~df["filename"].str.match(FILENAME_RE).to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    table, line_nos = read_table(path, ["filename", "event_labels"])
+    names = table["filename"]
+    bad = [i for i, n in enumerate(names) if not FILENAME_RE.match(n)]
+    if bad:
+        i = bad[0]
         raise AVVPError(f"{path}, line {line_nos[i]}: malformed filename {names[i]!r} "
                         f"(expected a video id then _start_end, e.g. BjCEufrlXm4_20_30)")
-    dup = df["filename"].duplicated(keep="first").to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        first = int(line_nos[np.flatnonzero(names == names[i])[0]])
-        raise AVVPError(f"{path}, line {line_nos[i]}: duplicate filename {names[i]!r} (first at line {first}); "
-                        f"{int(dup.sum())} duplicate row(s) in all")
-    labels = np.zeros((len(df), NUM_CLASSES), dtype=np.float32)
-    for i, (text, ln) in enumerate(zip(df["event_labels"].to_numpy(), line_nos)):
+    dup, n_dup = _first_duplicate(names)
+    if dup is not None:
+        i, first = dup
+        raise AVVPError(f"{path}, line {line_nos[i]}: duplicate filename {names[i]!r} (first at line "
+                        f"{line_nos[first]}); {n_dup} duplicate row(s) in all")
+    labels = np.zeros((len(table), NUM_CLASSES), dtype=np.float32)
+    for i, (text, ln) in enumerate(zip(table["event_labels"], line_nos)):
         idx = parse_class_list(text, path, ln)
         if not idx:
             raise AVVPError(f"{path}, line {ln}: video {names[i]!r} has no event label")
@@ -129,7 +194,7 @@ def read_weak(path):
 
 
 def read_dense(path, warn=True, allow_empty=False):
-    """Read a dense (eval or prediction) file into a validated DataFrame.
+    """Read a dense (eval or prediction) file into a validated Table.
 
     Returns columns filename (str), onset (int), offset (int), cls (int class index), line (int).
     Malformed rows (bad filename, non-integer or out-of-range onset/offset, no class or several
@@ -139,29 +204,29 @@ def read_dense(path, warn=True, allow_empty=False):
     `GT[c, on:off] = 1` is then a no-op); they are kept and mark nothing. Unknown class names
     are an error.
     """
-    df, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"], allow_empty=allow_empty)
-    onset = pd.to_numeric(df["onset"], errors="coerce").to_numpy()
-    offset = pd.to_numeric(df["offset"], errors="coerce").to_numpy()
+    table, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"], allow_empty=allow_empty)
+    onset = np.array([_to_number(t) for t in table["onset"]], dtype=np.float64)
+    offset = np.array([_to_number(t) for t in table["offset"]], dtype=np.float64)
     with np.errstate(invalid="ignore"):
         ok_num = (np.isfinite(onset) & np.isfinite(offset) & (onset == np.round(onset)) & (offset == np.round(offset))
                   & (onset >= 0) & (onset <= NUM_SEGMENTS) & (offset >= 0) & (offset <= NUM_SEGMENTS))
-    ok_name = df["filename"].str.match(FILENAME_RE).to_numpy()
-    ok_one = np.asarray([sum(1 for c in t.split(",") if c.strip()) == 1 for t in df["event_labels"]], dtype=bool)
+    ok_name = np.array([FILENAME_RE.match(n) is not None for n in table["filename"]], dtype=bool)
+    ok_one = np.array([sum(1 for c in t.split(",") if c.strip()) == 1 for t in table["event_labels"]], dtype=bool)
     ok = ok_num & ok_name & ok_one
     if not ok.all():
         bad_lines = line_nos[~ok].tolist()
         if warn:
             warnings.warn(f"{path}: skipped {len(bad_lines)} malformed row(s) at line(s) "
                           f"{', '.join(map(str, bad_lines))}", MalformedRowWarning, stacklevel=2)
-    df, line_nos, onset, offset = df[ok], line_nos[ok], onset[ok], offset[ok]
-    cls = np.empty(len(df), dtype=np.int64)
-    for i, (text, ln) in enumerate(zip(df["event_labels"].to_numpy(), line_nos)):
+    table, line_nos, onset, offset = table.take(ok), line_nos[ok], onset[ok], offset[ok]
+    cls = np.empty(len(table), dtype=np.int64)
+    for i, (text, ln) in enumerate(zip(table["event_labels"], line_nos)):
         idx = parse_class_list(text, path, ln)
         if len(idx) != 1:
             raise AVVPError(f"{path}, line {ln}: expected exactly one class per row, got {text!r}")
         cls[i] = idx[0]
-    return pd.DataFrame({"filename": df["filename"].to_numpy(), "onset": onset.astype(np.int64),
-                         "offset": offset.astype(np.int64), "cls": cls, "line": line_nos})
+    return Table({"filename": table["filename"], "onset": onset.astype(np.int64),
+                  "offset": offset.astype(np.int64), "cls": cls, "line": line_nos})
 
 
 def dense_matrix(events, filenames):
@@ -169,14 +234,16 @@ def dense_matrix(events, filenames):
 
     Rows of videos outside `filenames` are ignored; videos with no row have no event.
     """
-    index = pd.Index(list(filenames))
-    vid = index.get_indexer(events["filename"].to_numpy())
+    filenames = list(filenames)
+    row_of = {f: i for i, f in enumerate(filenames)}
+    names = events["filename"]
+    vid = np.fromiter((row_of.get(f, -1) for f in names), dtype=np.int64, count=len(names))
     keep = vid >= 0
-    vid, cls = vid[keep], events["cls"].to_numpy()[keep]
-    on, off = events["onset"].to_numpy()[keep], events["offset"].to_numpy()[keep]
+    vid, cls = vid[keep], np.asarray(events["cls"])[keep]
+    on, off = np.asarray(events["onset"])[keep], np.asarray(events["offset"])[keep]
     t = np.arange(NUM_SEGMENTS)
     cover = (t[None, :] >= on[:, None]) & (t[None, :] < off[:, None])  # (R, 10)
-    out = np.zeros((len(index), NUM_CLASSES, NUM_SEGMENTS), dtype=np.uint8)
+    out = np.zeros((len(filenames), NUM_CLASSES, NUM_SEGMENTS), dtype=np.uint8)
     # np.maximum.at: overlapping or duplicate rows simply union
     np.maximum.at(out, (vid, cls), cover.astype(np.uint8))
     return out
@@ -195,7 +262,7 @@ def runs(seq):
 
 
 def events_table(dense, filenames):
-    """(N, 25, 10) 0/1 -> DataFrame filename, onset, offset, event_labels: one row per contiguous run."""
+    """(N, 25, 10) 0/1 -> Table filename, onset, offset, event_labels: one row per contiguous run."""
     dense = np.asarray(dense).astype(np.int8)
     n, c, t = dense.shape
     padded = np.zeros((n, c, t + 2), dtype=np.int8)
@@ -203,26 +270,46 @@ def events_table(dense, filenames):
     d = np.diff(padded, axis=2)                      # (N, 25, 11): +1 at onsets, -1 at offsets
     vs, cs, ons = np.nonzero(d == 1)                 # row-major: same order for onsets and offsets
     _, _, offs = np.nonzero(d == -1)
-    names = np.asarray(list(filenames), dtype=object)
-    return pd.DataFrame({"filename": names[vs] if len(vs) else np.array([], dtype=object),
-                         "onset": ons, "offset": offs,
-                         "event_labels": np.asarray(CLASSES, dtype=object)[cs] if len(cs) else np.array([], dtype=object)})
+    names = _strings(list(filenames))
+    return Table({"filename": names[vs], "onset": ons, "offset": offs,
+                  "event_labels": _strings(CLASSES)[cs]})
 
 
-def write_tsv(df, path):
-    """Write a DataFrame as a tab-separated LLP-style file, atomically."""
-    buf = io.StringIO()
-    df.to_csv(buf, sep="\t", index=False, quoting=csv.QUOTE_NONE)
+def _column_text(col):
+    """One column's cells as text, as pandas' to_csv writes them: floats at their shortest repr
+    (float32 as float32), NaN as an empty cell."""
+    col = np.asarray(col)
+    if col.dtype.kind == "f":
+        text = col.astype(str).astype(object)
+        text[np.isnan(col)] = ""
+        return text
+    if col.dtype.kind in "iub":
+        return col.astype(str).astype(object)
+    return np.asarray([str(v) for v in col], dtype=object)
+
+
+def write_tsv(table, path):
+    """Write a Table (or a pandas DataFrame) as a tab-separated LLP-style file, atomically."""
+    if hasattr(table, "to_csv"):  # a DataFrame (parse's per-class table, scripts)
+        buf = io.StringIO()
+        table.to_csv(buf, sep="\t", index=False, quoting=csv.QUOTE_NONE)
+        text = buf.getvalue()
+    else:
+        if isinstance(table, dict):
+            table = Table(table)
+        cols = [_column_text(table[name]) for name in table.columns]
+        lines = ["\t".join(table.columns)] + ["\t".join(cells) for cells in zip(*cols)]
+        text = "\n".join(lines) + "\n"
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
+            f.write(text)
 
 
 def write_weak(path, filenames, labels):
     """Write a weak label file from (N, 25) 0/1 labels."""
     labels = np.asarray(labels)
     text = [",".join(CLASSES[c] for c in np.flatnonzero(row)) for row in labels]
-    write_tsv(pd.DataFrame({"filename": list(filenames), "event_labels": text}), path)
+    write_tsv({"filename": _strings(list(filenames)), "event_labels": _strings(text)}, path)
 
 
 # ----------------------------------------------------------------------------- modality-aware labels
@@ -237,23 +324,23 @@ def _names(row):
 
 def write_modality_labels(path, filenames, weak, audio, visual):
     """weak, audio, visual: (N, 25) 0/1; audio and visual must be subsets of weak."""
-    write_tsv(pd.DataFrame({"filename": list(filenames),
-                            "event_labels": [_names(r) for r in weak],
-                            "audio_labels": [_names(r) for r in audio],
-                            "visual_labels": [_names(r) for r in visual]}), path)
+    write_tsv({"filename": _strings(list(filenames)),
+               "event_labels": _strings([_names(r) for r in weak]),
+               "audio_labels": _strings([_names(r) for r in audio]),
+               "visual_labels": _strings([_names(r) for r in visual])}, path)
 
 
 def read_modality_labels(path):
     """-> (filenames, weak, audio, visual) with (N, 25) float32 arrays; validated."""
-    df, line_nos = read_table(path, MODALITY_COLUMNS)
-    names = df["filename"].to_numpy()
-    dup = df["filename"].duplicated().to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
+    table, line_nos = read_table(path, MODALITY_COLUMNS)
+    names = table["filename"]
+    dup, _ = _first_duplicate(names)
+    if dup is not None:
+        i = dup[0]
         raise AVVPError(f"{path}, line {line_nos[i]}: duplicate filename {names[i]!r}")
-    out = [np.zeros((len(df), NUM_CLASSES), dtype=np.float32) for _ in range(3)]
+    out = [np.zeros((len(table), NUM_CLASSES), dtype=np.float32) for _ in range(3)]
     for col, arr in zip(MODALITY_COLUMNS[1:], out):
-        for i, (text, ln) in enumerate(zip(df[col].to_numpy(), line_nos)):
+        for i, (text, ln) in enumerate(zip(table[col], line_nos)):
             arr[i, parse_class_list(text, path, ln)] = 1.0
     weak, audio, visual = out
     for col, arr in (("audio_labels", audio), ("visual_labels", visual)):

@@ -20,7 +20,6 @@ import os
 import sys
 
 import numpy as np
-import pandas as pd
 
 from . import engine, features, llp
 from . import evaluate as llp_eval
@@ -118,18 +117,18 @@ def load_input(args, device):
 # ----------------------------------------------------------------------------- tables
 
 def event_tables(pred_a, pred_v, filenames):
-    """(N, 25, 10) 0/1 audio and visual predictions -> dict audio/visual -> LLP eval-format DataFrame."""
+    """(N, 25, 10) 0/1 audio and visual predictions -> dict audio/visual -> LLP eval-format llp.Table."""
     return {"audio": llp.events_table(pred_a, filenames), "visual": llp.events_table(pred_v, filenames)}
 
 
 def probs_table(probs, filenames):
     """Long table, one row per (video, class): video_prob, audio_prob, visual_prob (N * 25 rows)."""
     n, c = probs["video_prob"].shape                 # (N, 25)
-    out = pd.DataFrame({"filename": np.repeat(np.asarray(filenames, dtype=object), c),
-                        "class": np.tile(np.asarray(llp.CLASSES, dtype=object), n)})
+    cols = {"filename": np.repeat(np.asarray(filenames, dtype=object), c),
+            "class": np.tile(np.asarray(llp.CLASSES, dtype=object), n)}
     for key in ("video_prob", "audio_prob", "visual_prob"):
-        out[key] = np.round(probs[key].reshape(-1).astype(np.float64), 6)
-    return out
+        cols[key] = np.round(probs[key].reshape(-1).astype(np.float64), 6)
+    return llp.Table(cols)
 
 
 # ----------------------------------------------------------------------------- the whole run

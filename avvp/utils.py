@@ -39,7 +39,7 @@ def cli(main):
     return wrapper
 
 
-def run_program(main):
+def run_program(main, fast_exit=False):
     """Run a command's main() as the program, with the garbage collector kept off long-lived objects.
 
     The modules imported before main() (importing torch alone leaves ~170,000 tracked objects)
@@ -50,13 +50,25 @@ def run_program(main):
     scale: last output line to process exit 1.04-1.06 s -> 0.26-0.27 s. Reference cycles
     frozen this way are never collected, so this is for a program's entry point only, never for
     a main() called inside a longer-lived process (tests, notebooks).
+
+    fast_exit: once main() has returned (not on an error), flush stdout and stderr and end the
+    process with os._exit(main's int, else 0), skipping the interpreter's teardown: module
+    clean-up, atexit handlers, and on a GPU the CUDA context's destruction, which the driver
+    does anyway when the process ends. Every file a stage writes is complete, fsynced and
+    renamed by then, and its writer threads joined. Measured on the 2-core CPU, stage 1 with
+    --epochs 0 at LLP scale: last output line to process exit 0.17-0.21 s -> 0.03 s.
     """
     gc.freeze()
     gc.enable()  # an entry script may have turned it off for its imports
     try:
-        return main()
+        code = main()
     finally:
         gc.freeze()
+    if fast_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 0)
+    return code
 
 
 def one_line(msg):

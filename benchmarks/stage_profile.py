@@ -5,7 +5,7 @@
 Everything after `--` is the stage's own command line (run from its folder, as the seed commands
 are). Prints the stage's output, then the `--top` functions by cumulative time (and half as many by
 own time), and whether the
-run imported torch._dynamo (the training stages should not: avvp/optim.py).
+run imported torch._dynamo or pandas (the training stages should not: avvp/optim.py, avvp.llp.Table).
 """
 import argparse
 import cProfile
@@ -29,6 +29,7 @@ def main():
     os.chdir(folder)
     sys.path[:0] = [str(folder), str(ROOT)]
     sys.argv = ["main_avvp.py", *stage_args]
+    os._exit = sys.exit  # the stage's fast exit (avvp.utils.run_program) would end this process before the report
     prof = cProfile.Profile()
     try:
         prof.runcall(runpy.run_path, "main_avvp.py", run_name="__main__")
@@ -39,6 +40,7 @@ def main():
     stats.sort_stats("cumulative").print_stats(args.top)
     stats.sort_stats("tottime").print_stats(max(args.top // 2, 5))
     print("torch._dynamo imported:", "torch._dynamo" in sys.modules)
+    print("pandas imported:", "pandas" in sys.modules)
 
 
 if __name__ == "__main__":

@@ -39,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_program(main)
+    run_program(main, fast_exit=True)

@@ -16,7 +16,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from avvp import engine, llp  # noqa: E402
 from avvp.utils import atomic_group, atomic_write_text, cli, clock, ensure_writable_dir, run_program  # noqa: E402
@@ -61,18 +60,32 @@ def evidence_table(filenames, partner, orig, vis_swapped, aud_swapped, drop_a, d
     """One row per dropped label: video, class, partner, the swapped and original probabilities
     and the threshold (C,) that the swapped ones fell below."""
     names, classes = np.asarray(filenames, dtype=object), np.asarray(llp.CLASSES, dtype=object)
-    rows = []
+    parts = []
     for kind, drop, swapped, thr in (("audio", drop_a, vis_swapped, thr_a), ("visual", drop_v, aud_swapped, thr_v)):
         vi, ci = np.nonzero(drop)
-        rows.append(pd.DataFrame({
-            "filename": names[vi], "event_label": classes[ci], "dropped": kind, "partner": names[partner[vi]],
-            "swapped": "visual" if kind == "audio" else "audio",
+        parts.append(llp.Table({
+            "filename": names[vi], "event_label": classes[ci], "dropped": np.full(len(vi), kind, dtype=object),
+            "partner": names[partner[vi]],
+            "swapped": np.full(len(vi), "visual" if kind == "audio" else "audio", dtype=object),
             "audio_prob_swapped": swapped["audio_prob"][vi, ci].round(6),
             "visual_prob_swapped": swapped["visual_prob"][vi, ci].round(6),
             "audio_prob_original": orig["audio_prob"][vi, ci].round(6),
             "visual_prob_original": orig["visual_prob"][vi, ci].round(6),
             "threshold": thr[ci].round(6)}))
-    return pd.concat(rows, ignore_index=True)
+    return llp.Table.concat(parts)
+
+
+def count_lines(weak, drop_a, drop_v, a_class, v_class):
+    """Per-class drop counts, one line per class with a weak label, under a header."""
+    rows = [("", "weak", "drop_audio", "drop_visual", "a_class", "v_class")]
+    for c, name in enumerate(llp.CLASSES):
+        n = int((weak[:, c] > 0).sum())
+        if n:
+            rows.append((name, str(n), str(int(drop_a[:, c].sum())), str(int(drop_v[:, c].sum())),
+                         f"{a_class[c]:.3f}", f"{v_class[c]:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join([r[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(r[1:], widths[1:])]).rstrip()
+            for r in rows]
 
 
 @cli
@@ -104,10 +117,8 @@ def main(argv=None):
     evidence = evidence_table(train.filenames, partner, orig, vis, aud, drop_a, drop_v,
                               args.threshold_factor * a_class, args.threshold_factor * v_class)
 
-    counts = pd.DataFrame({"weak": (weak > 0).sum(0), "drop_audio": drop_a.sum(0), "drop_visual": drop_v.sum(0),
-                           "a_class": a_class.round(3), "v_class": v_class.round(3)}, index=llp.CLASSES)
     print("per-class drop counts:")
-    print(counts[counts.weak > 0].to_string())
+    print("\n".join(count_lines(weak, drop_a, drop_v, a_class, v_class)))
     print(f"dropped {int(drop_a.sum())} audio and {int(drop_v.sum())} visual labels of {int((weak > 0).sum())}")
 
     meta = {"args": vars(args), "stage1_checkpoint": os.path.abspath(ckpt_path), "stage1_epoch": ckpt.get("epoch"),
@@ -134,4 +145,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_program(main)
+    run_program(main, fast_exit=True)

@@ -29,9 +29,10 @@ def load_frozen(path, args, device):
 @torch.no_grad()
 def swap_probs(model, split, partner, batch_size):
     """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs."""
-    orig = engine.predict(model, split, batch_size)
-    vis = engine.predict(model, split, batch_size, swap=(partner, "visual"))
-    aud = engine.predict(model, split, batch_size, swap=(partner, "audio"))
+    keys = ("audio_prob", "visual_prob")  # the exchange rule reads these alone
+    orig = engine.predict(model, split, batch_size, keys=keys)
+    vis = engine.predict(model, split, batch_size, swap=(partner, "visual"), keys=keys)
+    aud = engine.predict(model, split, batch_size, swap=(partner, "audio"), keys=keys)
     return orig, vis, aud
 
 

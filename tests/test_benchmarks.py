@@ -28,7 +28,7 @@ def test_stage_profile_runs_stage_1_without_importing_dynamo(tiny_llp, tmp_path)
     out = bench("stage_profile.py", "--top", 5, "--", "--mode", "train", *tiny_llp.args(), "--epochs", 1,
                 "--model_save_dir", tmp_path)
     assert "time: start-up " in out and "Ordered by: cumulative time" in out, out[-2000:]
-    assert "torch._dynamo imported: False" in out
+    assert "torch._dynamo imported: False" in out and "pandas imported: False" in out
 
 
 def test_step_profile_times_each_variant():
@@ -49,3 +49,21 @@ def test_speed_runs_the_three_stages_and_says_where_the_time_went(tmp_path):
     for st in ("stage1", "stage2", "stage3"):
         assert re.search(rf"packed cache +{st}: wall [\d.]+ \| start-up [\d.]+", out), st
     assert "target:" not in out  # the verdict is only printed at LLP scale with the recipe's epochs
+
+
+def test_precompile_finds_modules_without_bytecode_and_writes_it(tmp_path):
+    """With an empty bytecode folder (PYTHONPYCACHEPREFIX) every module a stage imports lacks
+    bytecode; after one run of precompile.py none does."""
+    env = stage_env({"PYTHONPYCACHEPREFIX": str(tmp_path / "pyc"), "PYTHONDONTWRITEBYTECODE": "1"})
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "benchmarks/precompile.py", *args], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r.stdout
+
+    n = re.search(r"bytecode: (\d+) of the (\d+) modules", run("--check"))
+    assert n and int(n[1]) == int(n[2]) > 300 and "torch " in run("--check")
+    out = run()
+    assert f"wrote {n[1]} .pyc files" in out and f"(prefix {tmp_path / 'pyc'})" in out
+    assert f"bytecode: 0 of the {n[2]} modules" in run("--check")

@@ -107,3 +107,31 @@ def test_auto_cache_covers_every_split_of_a_large_dataset_and_none_of_a_small_on
     assert engine.use_cache(SimpleNamespace(feature_cache="on"), dirs, 2) is True
     monkeypatch.setattr(engine, "CACHE_MIN_VIDEOS", 1)
     assert engine.use_cache(SimpleNamespace(feature_cache="off"), dirs, 2) is False
+
+
+def test_one_stat_per_file_feeds_the_missing_check_and_the_cache_key(tmp_path):
+    dirs = {k: tmp_path / folder for k, (folder, _) in features.MODALITIES.items()}
+    for d in dirs.values():
+        d.mkdir()
+    names = [f"vid{i:08d}_0_10" for i in range(5)]
+    for i, name in enumerate(names):
+        for key, d in dirs.items():
+            if (i, key) == (1, "video"):
+                continue  # video 1 lacks its res152 file
+            if (i, key) == (2, "st"):
+                (d / f"{name[:11]}.npy").mkdir()  # a folder under a feature file's name is no file
+                continue
+            np.save(d / f"{name[:11]}.npy", np.zeros(features.MODALITIES[key][1], np.float32))
+    stats = features.stat_files(dirs, names)
+    assert [s is None for s in stats["video"]] == [False, True, False, False, False]
+    assert [s is None for s in stats["st"]] == [False, False, True, False, False]
+    assert stats["audio"][0] == (os.stat(dirs["audio"] / "vid00000000.npy").st_size,
+                                 os.stat(dirs["audio"] / "vid00000000.npy").st_mtime_ns)
+    assert features.missing_videos(dirs, names, stats) == names[1:3] == features.missing_videos(dirs, names)
+    ok = [names[0], names[3], names[4]]
+    kept = {k: [col[i] for i in (0, 3, 4)] for k, col in stats.items()}
+    for key, d in dirs.items():  # the key from stats taken once equals the key that stats each file itself
+        assert features._cache_key(d, ok, False, kept[key]) == features._cache_key(d, ok, False)
+    before = features._cache_key(dirs["st"], ok, False)
+    np.save(dirs["st"] / "vid00000004.npy", np.ones((10, 512), np.float64))  # rewritten: new size
+    assert features._cache_key(dirs["st"], ok, False) != before

@@ -228,6 +228,26 @@ def test_malformed_eval_rows_warn_with_line_numbers_and_the_rest_loads(mutable_l
     assert (tmp_path / "models_step1" / "test_metrics.json").is_file()
 
 
+def test_dense_numbers_are_read_as_pandas_read_them_and_duplicate_columns_are_an_error(tmp_path):
+    """onset/offset: integers, '3.0' and '1e1' are numbers; '1_0' and non-ASCII digits ('３'),
+    which Python's float() would take, are not (as with pandas.to_numeric, which read these files
+    before avvp.llp.Table): such rows are skipped with a warning naming their lines."""
+    path = tmp_path / "dense.csv"
+    rows = [("BjCEufrlXm4_20_30", "0", "3", "Speech"), ("BjCEufrlXm4_20_30", "3.0", "1e1", "Dog"),
+            ("BjCEufrlXm4_20_30", "1_0", "10", "Cat"), ("BjCEufrlXm4_20_30", "\uff13", "5", "Car"),
+            ("BjCEufrlXm4_20_30", " 2 ", "4", " Banjo ")]
+    path.write_text("filename\tonset\toffset\tevent_labels\n" + "".join("\t".join(r) + "\n" for r in rows),
+                    encoding="utf-8")
+    with pytest.warns(MalformedRowWarning, match=r"skipped 2 malformed row\(s\) at line\(s\) 4, 5$"):
+        t = llp.read_dense(path)
+    assert len(t) == 3 and t["onset"].tolist() == [0, 3, 2] and t["offset"].tolist() == [3, 10, 4]
+    assert t["line"].tolist() == [2, 3, 6] and [llp.CLASSES[c] for c in t["cls"]] == ["Speech", "Dog", "Banjo"]
+    weak = tmp_path / "weak.csv"
+    weak.write_text("filename\tevent_labels\tfilename\nBjCEufrlXm4_20_30\tSpeech\tx\n")
+    with pytest.raises(AVVPError, match=r"weak\.csv: column\(s\) \['filename'\] appear more than once"):
+        llp.read_weak(weak)
+
+
 def test_cli_prints_one_line_warnings_and_one_line_errors(mutable_llp, tmp_path):
     """A real subprocess: malformed eval rows (val) warn in one line, then a missing test feature file
     stops the run with one line and exit status 2, no traceback."""

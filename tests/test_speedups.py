@@ -13,6 +13,7 @@ import avvp.utils
 from avvp import engine
 from avvp.model import MMIL_Net
 from avvp.utils import AVVPError, BackgroundSaver, PhaseClock, process_age
+from conftest import STAGE1, STAGE2, STAGE3, run_stage, stage_env
 
 
 def test_background_save_writes_the_state_as_it_was_at_save_time(tmp_path):
@@ -79,6 +80,27 @@ def test_background_checkpoint_is_byte_identical_to_a_synchronous_one(tmp_path):
     engine.save_checkpoint(tmp_path / "bg.pt", trainer, args, 1, {"val": {"x": 1.0}}, "stage1", saver=saver)
     saver.wait()
     assert (tmp_path / "sync.pt").read_bytes() == (tmp_path / "bg.pt").read_bytes()
+
+
+def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path, monkeypatch):
+    """The last epoch's checkpoint is written once, after the test pass, not once before it and
+    again with the test metrics; earlier epochs go through the background saver."""
+    args = recipe_args(batch_size=4, epochs=3, model_save_dir=str(tmp_path))
+    split = random_split(8, seed=0, label_rate=0.2)
+    split.gt_a = split.gt_v = torch.zeros(8, 25, 10, dtype=torch.uint8).numpy()
+    torch.manual_seed(0)
+    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    calls, real = [], engine.save_checkpoint
+
+    def spy(path, trainer, args, epoch, metrics, stage, extra=None, saver=None):
+        calls.append((epoch, sorted(metrics), saver is not None))
+        return real(path, trainer, args, epoch, metrics, stage, extra, saver)
+
+    monkeypatch.setattr(engine, "save_checkpoint", spy)
+    engine.fit(args, trainer, split, split, "stage1", torch.device("cpu"))
+    assert calls == [(1, ["val"], True), (2, ["val"], True), (3, ["test", "val"], False)]
+    ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=False)
+    assert ckpt["epoch"] == 3 and sorted(ckpt["metrics"]) == ["test", "val"]
 
 
 def test_phase_clock_sums_phases_and_accounts_for_the_rest():
@@ -184,3 +206,69 @@ def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
         gc.enable()
 
 
+
+
+FAST_EXIT_SCRIPT = """
+import atexit, sys
+from avvp.utils import cli, run_program, AVVPError
+
+atexit.register(lambda: print("atexit ran"))
+
+@cli
+def main():
+    mode = sys.argv[1]
+    sys.stdout.write("result line, no newline yet")  # still in the buffer when main returns
+    if mode == "error":
+        raise AVVPError("bad input")
+    return 3 if mode == "code" else None
+
+run_program(main, fast_exit=True)
+"""
+
+
+@pytest.mark.parametrize("mode, code, tail", [("ok", 0, ""), ("code", 3, ""), ("error", 2, "atexit ran\n")])
+def test_fast_exit_flushes_output_keeps_the_exit_code_and_skips_teardown_only_on_success(tmp_path, mode, code, tail):
+    import subprocess
+    script = tmp_path / "prog.py"
+    script.write_text(FAST_EXIT_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120,
+                       env=stage_env({"PYTHONUNBUFFERED": ""}))
+    assert r.returncode == code
+    assert r.stdout == "result line, no newline yet" + tail  # flushed; atexit handlers run only on an error exit
+    assert r.stderr == ("error: bad input\n" if mode == "error" else "")
+
+
+def test_the_three_stage_programs_import_neither_pandas_nor_torch_dynamo(tiny_llp, tmp_path):
+    """Each import costs a stage process as much as a second or two on a machine whose install
+    keeps no bytecode: torch.optim's classes import torch._dynamo (avvp/optim.py avoids them),
+    and pandas is only needed for parse mode's tables (avvp.llp.Table serves the stages)."""
+    runs = [(STAGE1, ["--mode", "train", "--epochs", "1"]), (STAGE2, ["--mode", "estimate_labels"]),
+            (STAGE3, ["--mode", "retrain", "--epochs", "1"])]
+    for step, mode in runs:
+        # python -X importtime lists every module the process imports, on stderr
+        r = run_stage(step, [*mode, *tiny_llp.args()], tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert {"torch", "numpy", "avvp.optim", "avvp.llp"} <= imported, step  # the listing works
+        assert "pandas" not in imported and "torch._dynamo" not in imported, step
+
+
+def test_llp_tables_are_written_byte_for_byte_as_pandas_wrote_them(tmp_path):
+    """avvp.llp.Table replaced pandas on the stages' path: the files they write must not change."""
+    import csv
+
+    import numpy as np
+    import pandas as pd
+
+    from avvp import llp
+    g = np.random.default_rng(0)
+    cols = {"filename": np.asarray([f"vid{i:08d}_0_10" for i in range(40)], dtype=object),
+            "onset": g.integers(0, 10, 40), "flag": g.random(40) < 0.5,
+            "p32": g.random(40, dtype=np.float32).round(6), "p64": np.round(g.random(40), 6),
+            "wide": np.r_[g.standard_normal(38) * 1e8, np.nan, 1e-9]}
+    llp.write_tsv(llp.Table(cols), tmp_path / "ours.csv")
+    pd.DataFrame(cols).to_csv(tmp_path / "pandas.csv", sep="\t", index=False, quoting=csv.QUOTE_NONE)
+    assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    llp.write_tsv(llp.Table({"filename": np.asarray([], dtype=object)}), tmp_path / "empty.csv")
+    assert (tmp_path / "empty.csv").read_text() == "filename\n"
