@@ -2,17 +2,17 @@
 # Every GPU check and benchmark in one call (device machine); figures go to $OUT (or ./gpu_out).
 # Most important first, so that a time limit cuts the least useful parts:
 #   1. speed.py: the three stages at LLP scale with the default recipe, first without then with
-#      the packed cache, plus the per-file baseline epoch (the issue-6 target: <= 40 s)
-#   2. speed.py, cache warm, with the speed options (OPT_ARGS)
-#   2b. speed.py, cache warm, defaults, with Python's bytecode cache moved to a writable folder
-#      (PYTHONPYCACHEPREFIX, and PYTHONDONTWRITEBYTECODE lifted): on the session-4 image every
-#      process recompiled ~790 torch modules (2.1 s in `compile`); gpu.txt says why (no .pyc
-#      installed, a read-only folder, or bytecode writes turned off)
-#   3. stage_profile.py: stage 1 (1 epoch) under cProfile: where "other" and start-up go, and
-#      that no torch._dynamo is imported
-#   4. graph_check.py: graph vs eager loss trajectories (dropout off), and avvp.optim.Adam vs
+#      the packed cache, plus the per-file baseline epoch (the issue-6 target: <= 40 s), with the
+#      Python install as the machine has it (speed.py says how many imported modules lack bytecode:
+#      on the session-4 image every process recompiled ~790 torch modules, 2.1 s)
+#   2. precompile.py writes that bytecode (as pip does at install; into PYTHONPYCACHEPREFIX when
+#      site-packages is read-only), then speed.py, cache warm, defaults: the figure for a normal install
+#   3. speed.py, cache warm, with the speed options (OPT_ARGS), bytecode present
+#   4. stage_profile.py: stage 1 (1 epoch) under cProfile: where start-up and "other" go, and
+#      that neither torch._dynamo nor pandas is imported
+#   5. graph_check.py: graph vs eager loss trajectories (dropout off), and avvp.optim.Adam vs
 #      torch.optim.Adam on both paths
-#   5. step_profile.py: epoch time of the graph path for the default and the options (VARIANTS),
+#   6. step_profile.py: epoch time of the graph path for the default and the options (VARIANTS),
 #      and the kernels of one eager step
 # Each part has its own timeout, so one slow part still leaves the others' figures.
 set -uo pipefail
@@ -25,29 +25,20 @@ T0=$SECONDS
 stamp() { echo "[gpu_run] $1 done at +$((SECONDS - T0)) s" | tee -a "$OUT/gpu.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python -c "import torch, os; print('torch', torch.__version__, 'cpus', os.cpu_count())" 2>&1 | tee -a "$OUT/gpu.txt"
-python - <<'PY' 2>&1 | tee -a "$OUT/gpu.txt"
-import importlib.util, os, sys
-spec = importlib.util.find_spec("torch")
-pyc = importlib.util.cache_from_source(spec.origin)
-print("bytecode: dont_write_bytecode", sys.dont_write_bytecode, "| pycache_prefix", sys.pycache_prefix,
-      "| torch pyc exists", os.path.exists(pyc), "| torch folder writable", os.access(os.path.dirname(spec.origin), os.W_OK),
-      "| PYTHON* env", {k: v for k, v in os.environ.items() if k.startswith("PYTHON")})
-PY
 timeout ${SPEED_TIMEOUT:-200} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" ${SPEED_ARGS:-} 2>&1 \
     | tee "$OUT/speed.txt"; stamp "1 speed"
+python benchmarks/precompile.py 2>&1 | tee -a "$OUT/gpu.txt" \
+    || { export PYTHONPYCACHEPREFIX=$WORKDIR/pycache; python benchmarks/precompile.py 2>&1 | tee -a "$OUT/gpu.txt"; }
+timeout ${PYC_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
+    ${SPEED_ARGS:-} 2>&1 | tee "$OUT/speed_bytecode.txt"; stamp "2 bytecode written, defaults"
 timeout ${OPT_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
-    ${SPEED_ARGS:-} --stage_args "$OPT_ARGS" 2>&1 | tee "$OUT/speed_options.txt"; stamp "2 options"
-# bytecode written to (and read from) a writable folder, PYTHONDONTWRITEBYTECODE lifted for this part only
-( export PYTHONPYCACHEPREFIX=$WORKDIR/pycache; unset PYTHONDONTWRITEBYTECODE
-  python -c "import avvp.engine, avvp.parse, pandas, sklearn" >/dev/null 2>&1  # the first process writes it
-  timeout ${PYC_TIMEOUT:-60} python benchmarks/speed.py $SCALE --workdir "$WORKDIR" --skip_cold --skip_baseline \
-      ${SPEED_ARGS:-} 2>&1 | tee "$OUT/speed_pycache.txt" ); stamp "2b bytecode cache"
+    ${SPEED_ARGS:-} --stage_args "$OPT_ARGS" 2>&1 | tee "$OUT/speed_options.txt"; stamp "3 options"
 D=$WORKDIR
 timeout ${STAGE_PROFILE_TIMEOUT:-40} python benchmarks/stage_profile.py --top 40 -- --mode train --no_progress \
     $(python -c "from avvp import engine; print(' '.join(engine.path_args('$D/data', '$D/feats')))") \
     --model_save_dir "$WORKDIR/m_prof" ${STAGE_PROFILE_ARGS:---epochs 1} 2>&1 | tee "$OUT/stage_profile.txt"
-stamp "3 stage profile"
+stamp "4 stage profile"
 timeout ${GRAPH_TIMEOUT:-50} python benchmarks/graph_check.py ${GRAPH_ARGS:---epochs 1 --videos 4000} 2>&1 \
-    | tee "$OUT/graph_check.txt"; stamp "4 graph check"
+    | tee "$OUT/graph_check.txt"; stamp "5 graph check"
 timeout ${PROFILE_TIMEOUT:-45} python benchmarks/step_profile.py --variants ${VARIANTS:-default,sdpa_attention,both} \
-    ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/step_profile.txt"; stamp "5 step profile"
+    ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/step_profile.txt"; stamp "6 step profile"

@@ -29,6 +29,8 @@ from avvp import engine, llp, synth  # noqa: E402
 from avvp.model import MMIL_Net, mmil_loss  # noqa: E402
 from avvp.utils import resolve_device  # noqa: E402
 
+import precompile  # noqa: E402  (benchmarks/, next to this script)
+
 
 def make_data(work, n_train, n_val, n_test, seed=0):
     data, feats = work / "data", work / "feats"
@@ -58,9 +60,8 @@ def make_data(work, n_train, n_val, n_test, seed=0):
             np.save(feats / "r2plus1d_18" / f"{vid}.npy", r.standard_normal((10, 512), dtype=np.float32))
         with ThreadPoolExecutor(os.cpu_count()) as ex:
             list(ex.map(write, range(n)))
-    import pandas as pd
-    llp.write_tsv(pd.concat(events_a), data / llp.EVAL_FILES["audio"])
-    llp.write_tsv(pd.concat(events_v), data / llp.EVAL_FILES["visual"])
+    llp.write_tsv(llp.Table.concat(events_a), data / llp.EVAL_FILES["audio"])
+    llp.write_tsv(llp.Table.concat(events_v), data / llp.EVAL_FILES["visual"])
     marker.touch()
     return data, feats
 
@@ -161,6 +162,8 @@ def main():
     t0 = time.perf_counter()
     data, feats = make_data(work, args.train, args.val, args.test)
     print(f"data: {args.train}/{args.val}/{args.test} videos in {work} ({time.perf_counter() - t0:.1f}s to make)")
+    sources = precompile.stage_sources()  # no bytecode installed costs every stage process its start-up again
+    print(precompile.summary(sources, [s for s in sources if not precompile.is_current(*s)]))
     hdr = (f"{'run':14s} {'stage1':>8s} {'stage2':>8s} {'stage3':>8s} {'total':>8s} {'epoch':>7s} "
            f"{'1st ep':>7s} {'val':>6s}  peak memory (stage 3)")
 
