@@ -11,6 +11,21 @@ from .evaluate import KEYS, format_table
 from .utils import AVVPError, cli
 
 
+def normalisation_is_undefined(scale):
+    """True when stage 2's per-class error scale of a kind (a_class or v_class, C values) is NaN
+    for every class: stage 1 made no thresholded error of that kind on the train labels, so the
+    released normalisation err / max(err) is 0/0 and no label of that kind can be dropped. Not a
+    failure of the run: at demo scale stage 1 can fit every weak label (README, "Why 3,000 train
+    videos")."""
+    return len(scale) > 0 and not any(math.isfinite(float(x)) for x in scale)
+
+
+def undefined_normalisation_note(kind):
+    """Why no `kind` label was dropped, in words (stage 2 prints it, and so does the summary)."""
+    return (f"stage 1 made no {kind} error on the train labels, so the released per-class normalisation is 0/0 "
+            f"and no {kind} label can be dropped (--error_scale none drops with a fixed threshold)")
+
+
 def read_json(path):
     if not os.path.isfile(path):
         raise AVVPError(f"{path}: not found (did that stage run?)")
@@ -33,13 +48,9 @@ def main(argv=None):
           f"of {meta['weak_labels']} weak labels")
     for kind, q in meta.get("quality", {}).items():
         scale = meta.get("a_class" if kind == "audio" else "v_class") or []
-        if q["dropped"] == 0 and scale and all(not math.isfinite(x) for x in scale):
-            # not a failure of the run: at demo scale stage 1 can fit every weak label (README,
-            # "Why 3,000 train videos")
-            print(f"stage 2 dropped no {kind} label: stage 1 made no {kind} error on the train labels, so the "
-                  f"released per-class normalisation is 0/0 ({q['truly_absent']} of {q['weak_labels']} weak labels "
-                  f"are truly not {'audible' if kind == 'audio' else 'visible'}; --error_scale none drops with a "
-                  f"fixed threshold)")
+        if q["dropped"] == 0 and normalisation_is_undefined(scale):
+            print(f"stage 2 dropped no {kind} label: {undefined_normalisation_note(kind)}; {q['truly_absent']} of "
+                  f"{q['weak_labels']} weak labels are truly not {'audible' if kind == 'audio' else 'visible'}")
             continue
         precision = f"{q['precision']:.3f}" if q["dropped"] else "n/a (none dropped)"
         print(f"stage 2 dropped {kind} labels: precision {precision}, recall {q['recall']:.3f} "

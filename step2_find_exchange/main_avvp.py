@@ -17,7 +17,7 @@ import os  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from avvp import engine, llp  # noqa: E402
+from avvp import engine, llp, report  # noqa: E402
 from avvp.utils import atomic_group, atomic_write_text, cli, clock, ensure_writable_dir, run_program  # noqa: E402
 
 import dataloader  # noqa: E402
@@ -108,10 +108,8 @@ def main(argv=None):
     print(f"swapped passes over {len(train)} videos in {clock.last:.2f}s")
 
     for kind, scale in (("audio", a_class), ("visual", v_class)):
-        if not np.isfinite(scale).any():
-            print(f"note: stage 1 makes no {kind} error on the train labels in any class (thresholded at 0.5), "
-                  f"so the released per-class normalisation is 0/0 and no {kind} label can be dropped; "
-                  f"--error_scale none uses a fixed threshold instead")
+        if report.normalisation_is_undefined(scale):
+            print(f"note: {report.undefined_normalisation_note(kind)}")
     keep_a = (weak > 0) & ~drop_a
     keep_v = (weak > 0) & ~drop_v
     evidence = evidence_table(train.filenames, partner, orig, vis, aud, drop_a, drop_v,

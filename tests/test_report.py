@@ -27,7 +27,8 @@ def test_report_says_why_no_visual_label_was_dropped(tmp_path, capsys):
     assert "stage 1 (base model): test set" in out and "stage 3 (retrained, MA): test set" in out
     assert "stage 2 dropped audio labels: precision 0.333, recall 0.200 (base rate 0.050)" in out
     assert ("stage 2 dropped no visual label: stage 1 made no visual error on the train labels, so the released "
-            "per-class normalisation is 0/0 (35 of 100 weak labels are truly not visible") in out
+            "per-class normalisation is 0/0 and no visual label can be dropped (--error_scale none drops with a "
+            "fixed threshold); 35 of 100 weak labels are truly not visible") in out
     assert "nan" not in out
 
 
@@ -36,3 +37,10 @@ def test_report_without_drops_but_a_finite_scale_says_none_dropped(tmp_path, cap
     out = capsys.readouterr().out
     assert "stage 2 dropped visual labels: precision n/a (none dropped), recall 0.000 (base rate 0.350)" in out
     assert "0/0" not in out
+
+
+def test_undefined_normalisation_is_all_nan_and_nothing_else():
+    nan = float("nan")
+    assert report.normalisation_is_undefined([nan] * 25)
+    assert not report.normalisation_is_undefined([nan] * 24 + [0.0])  # one class with an error: defined
+    assert not report.normalisation_is_undefined([])                  # no scale recorded: nothing to explain
