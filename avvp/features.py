@@ -160,13 +160,12 @@ def _fill(arr, folder, filenames, shape, pool, desc, progress):
                   disable=not progress, mininterval=1.0))
 
 
-def _cache_key(folder, filenames, pool, stats=None):
+def _cache_key(filenames, pool, stats):
     """Hash of the split's file list and each file's size and mtime: any change rebuilds the cache.
-    stats: the folder's (size, mtime_ns) per filename from stat_files, when already taken."""
+    stats: one folder's (size, mtime_ns) per filename, None for a missing file (stat_files)."""
     h = hashlib.sha1(f"v1|pool={pool}|".encode())
-    if stats is None:
-        stats = [(st.st_size, st.st_mtime_ns) for st in (os.stat(feature_path(folder, n)) for n in filenames)]
-    for name, (size, mtime) in zip(filenames, stats):
+    for name, st in zip(filenames, stats):
+        size, mtime = st if st is not None else ("missing", "")
         h.update(f"{video_id(name)}:{size}:{mtime};".encode())
     return h.hexdigest()[:16]
 
@@ -181,10 +180,12 @@ def load_split(dirs, filenames, desc="features", progress=True, pool_frames=Fals
     (`<folder>/.packed/<key>.npy`, keyed by the file list, sizes and mtimes, so it is rebuilt
     when any file changes) and memory-map it on later runs: one sequential read instead of one
     file per video. An unwritable folder just means no cache.
-    stats: stat_files(dirs, filenames), when the caller has taken it (not stat'ed again).
+    stats: stat_files(dirs, filenames), when the caller has taken it (else taken here, for the cache).
     Returns dict key -> (N, *shape) float32 array (possibly a read-only memory map), rows in the
     order of `filenames`.
     """
+    if cache and stats is None:
+        stats = stat_files(dirs, filenames)
     out = {}
     for key, folder in dirs.items():
         shape = MODALITIES[key][1]
@@ -195,8 +196,7 @@ def load_split(dirs, filenames, desc="features", progress=True, pool_frames=Fals
         label = f"{desc} {MODALITIES[key][0]}"
         packed = None
         if cache:
-            key_stats = None if stats is None else stats[key]
-            packed = os.path.join(folder, ".packed", _cache_key(folder, filenames, pool, key_stats) + ".npy")
+            packed = os.path.join(folder, ".packed", _cache_key(filenames, pool, stats[key]) + ".npy")
             if os.path.isfile(packed):
                 try:
                     arr = np.load(packed, mmap_mode="r")

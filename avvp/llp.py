@@ -46,7 +46,7 @@ class Table:
     """Rows of an LLP file as named, equal-length 1-D numpy columns: table["filename"] is an (N,)
     array, len(table) is N. A DataFrame would do, but importing pandas costs every stage process
     0.3 s (more where the install keeps no bytecode), so the files the stages read and write go
-    through this; table.frame() gives a pandas DataFrame where one is wanted."""
+    through this (pandas.DataFrame(table.columns) where a DataFrame is wanted)."""
 
     def __init__(self, columns):
         self.columns = {name: np.asarray(col) for name, col in columns.items()}
@@ -68,10 +68,6 @@ class Table:
     def concat(tables):
         tables = list(tables)
         return Table({name: np.concatenate([t[name] for t in tables]) for name in tables[0].columns})
-
-    def frame(self):
-        import pandas as pd  # only for callers that want a DataFrame
-        return pd.DataFrame(self.columns)
 
 
 def _strings(values):

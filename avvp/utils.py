@@ -4,6 +4,7 @@ import functools
 import gc
 import os
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -312,6 +313,13 @@ class PhaseClock:
         head = f"time: start-up {self.startup:.2f}s, " if self.startup is not None else "time: "
         total += self.startup or 0.0
         return head + ", ".join(parts) + f"; total {total:.2f}s"
+
+    @staticmethod
+    def parse(text):
+        """The phases of the last `time:` line in `text` (a stage's output), as {phase: seconds}
+        ('start-up', 'cuda init', 'swap passes', ..., 'total'); {} when there is none."""
+        lines = re.findall(r"^time: (.*)$", text, flags=re.M)
+        return {k: float(v) for k, v in re.findall(r"([a-z][a-z -]*?) ([\d.]+)s", lines[-1])} if lines else {}
 
 
 clock = PhaseClock()

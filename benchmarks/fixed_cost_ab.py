@@ -12,7 +12,6 @@ the phases of its `time:` line, and the time from its last output line to its ex
 """
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from avvp import engine  # noqa: E402
+from avvp.utils import PhaseClock  # noqa: E402
 
 PHASES = ("wall", "start-up", "load", "save", "other", "exit")
 
@@ -51,9 +51,7 @@ def run(root, stage, data, no_bytecode, out_dir, empty):
     end = time.perf_counter()
     if p.returncode:
         sys.exit(f"{root} stage {stage} failed ({p.returncode}):\n{''.join(lines[-20:])}")
-    timing = next(line for line in lines if line.startswith("time:"))
-    phases = {k: float(v) for k, v in re.findall(r"([a-z-]+) ([\d.]+)s", timing)}
-    return dict(phases, wall=end - t0, exit=end - last)
+    return dict(PhaseClock.parse("".join(lines)), wall=end - t0, exit=end - last)
 
 
 def main():

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from avvp import engine, llp, synth  # noqa: E402
 from avvp.model import MMIL_Net, mmil_loss  # noqa: E402
-from avvp.utils import resolve_device  # noqa: E402
+from avvp.utils import PhaseClock, resolve_device  # noqa: E402
 
 import precompile  # noqa: E402  (benchmarks/, next to this script)
 
@@ -87,8 +87,7 @@ def run_pipeline(data, feats, work, args):
         vals = [float(x) for x in re.findall(r"val ([\d.]+)s \|", r.stdout)]
         mem = re.findall(r"peak memory: (.*)", r.stdout)
         dev = re.findall(r"device: (.*)", r.stdout)
-        timing = re.findall(r"^time: (.*)$", r.stdout, flags=re.M)
-        phases = dict((k, float(v)) for k, v in re.findall(r"([a-z][a-z -]*?) ([\d.]+)s", timing[-1])) if timing else {}
+        phases = PhaseClock.parse(r.stdout)
         res[name] = dict(wall=wall, phases=phases, epoch=np.median(trains) if trains else float("nan"),
                          first_epoch=trains[0] if trains else float("nan"),
                          val=np.median(vals) if vals else float("nan"), mem=mem[-1] if mem else "",

@@ -130,8 +130,9 @@ def test_one_stat_per_file_feeds_the_missing_check_and_the_cache_key(tmp_path):
     assert features.missing_videos(dirs, names, stats) == names[1:3] == features.missing_videos(dirs, names)
     ok = [names[0], names[3], names[4]]
     kept = {k: [col[i] for i in (0, 3, 4)] for k, col in stats.items()}
-    for key, d in dirs.items():  # the key from stats taken once equals the key that stats each file itself
-        assert features._cache_key(d, ok, False, kept[key]) == features._cache_key(d, ok, False)
-    before = features._cache_key(dirs["st"], ok, False)
+    fresh = features.stat_files(dirs, ok)
+    for key in dirs:  # the key from the split's stat pass, after skipping, equals a fresh pass over the kept files
+        assert features._cache_key(ok, False, kept[key]) == features._cache_key(ok, False, fresh[key])
+    before = features._cache_key(ok, False, fresh["st"])
     np.save(dirs["st"] / "vid00000004.npy", np.ones((10, 512), np.float64))  # rewritten: new size
-    assert features._cache_key(dirs["st"], ok, False) != before
+    assert features._cache_key(ok, False, features.stat_files(dirs, ok)["st"]) != before

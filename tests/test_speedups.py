@@ -117,6 +117,9 @@ def test_phase_clock_sums_phases_and_accounts_for_the_rest():
     assert fig["train"] >= 0.06 and fig["load"] >= 0.02 and fig["other"] >= 0.02
     assert fig["total"] >= fig["start-up"] + fig["train"] + fig["load"] + fig["other"] - 0.02
     assert line.startswith("time: start-up ") and list(fig)[1:3] == ["train", "load"]
+    assert PhaseClock.parse(f"stage output\n{line}\n") == fig  # what speed.py and fixed_cost_ab.py read
+    assert PhaseClock.parse("time: cuda init 0.14s, swap passes 0.74s; total 1.00s") == {
+        "cuda init": 0.14, "swap passes": 0.74, "total": 1.0}
 
 
 def test_process_age_counts_from_process_start():
