@@ -11,6 +11,7 @@ import math
 import os
 import random
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -21,7 +22,7 @@ from . import evaluate as llp_eval
 from . import features, llp
 from .model import mmil_loss
 from .optim import make_adam
-from .utils import (AVVPError, BackgroundSaver, atomic_torch_save, atomic_write_text, clock, ensure_writable_dir,
+from .utils import (AVVPError, BackgroundSaver, HostSnapshot, atomic_torch_save, atomic_write_text, clock, ensure_writable_dir,
                     resolve_device, seed_everything)
 
 ARCH_KEYS = ("num_classes", "d_model", "frame_pool")
@@ -273,6 +274,7 @@ class Trainer:
             print("note: --graph on needs CUDA; training eagerly on", device)
         self.opt, self.sched = build_optimizer(args, model, capturable=self.use_graph)
         self.graph = None
+        self.capture_seconds = None  # set by the epoch that captures the graph
         print("training path: " + ("features on the GPU, step in one CUDA graph" if self.use_graph else
                                    "features on the GPU, eager steps" if device.type == "cuda" and split.resident
                                    else "batches streamed from host memory, eager steps" if device.type == "cuda"
@@ -302,12 +304,15 @@ class Trainer:
         saved_p = [p.detach().clone() for p in params]
         saved_s = {p: {k: v.clone() for k, v in self.opt.state[p].items() if torch.is_tensor(v)}
                    for p in params if p in self.opt.state}
+        t0 = time.perf_counter()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
                 self.step(self.static_idx)
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()  # torch.cuda.graph() would wait here anyway; this times the warm-up
+        t1 = time.perf_counter()
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
@@ -319,6 +324,8 @@ class Trainer:
                 for k, v in self.opt.state.get(p, {}).items():
                     if torch.is_tensor(v):
                         v.copy_(saved_s[p][k]) if p in saved_s else v.zero_()
+        # (warm-up, capture) seconds: the warm-up's first CUDA steps load every kernel and start cuBLAS
+        self.capture_seconds = (t1 - t0, time.perf_counter() - t1)
 
     def loss(self, idx):
         out = self.model(*self.split.inputs(idx))
@@ -467,13 +474,15 @@ def checkpoint_path(args):
 
 
 def save_checkpoint(path, trainer, args, epoch, metrics, stage, extra=None, saver=None):
-    """Write the trainer's state atomically; with a BackgroundSaver, on its thread (same bytes)."""
+    """Write the trainer's state atomically; with a BackgroundSaver, on its thread (same bytes).
+    Either way GPU tensors reach the host through one HostSnapshot copy and are written as host
+    tensors, so a checkpoint loads on a machine without CUDA whichever path wrote it."""
     ckpt = {"stage": stage, "epoch": epoch, "args": vars(args), "arch": arch_of(args), "metrics": metrics}
     ckpt.update(trainer.state())
     if extra:
         ckpt.update(extra)
     if saver is None:
-        atomic_torch_save(ckpt, path)
+        atomic_torch_save(HostSnapshot(ckpt, copy_host=False).resolve(), path)
     else:
         saver.save(ckpt, path)
 
@@ -540,13 +549,18 @@ def _fit(args, trainer, val, test, stage, device, extra, saver):
     metrics = None
     last = start - 1  # the epoch the trainer's state belongs to
     for epoch in range(start, args.epochs + 1):
+        captured = trainer.graph is not None
         with clock("train"):
             loss = trainer.train_epoch(epoch)
         train_s = clock.last
         with clock("val"):
             metrics = evaluate(trainer.model, val, args.eval_batch_size)
+        # the epoch that captured the CUDA graph says what that cost (within its train time)
+        cap = ""
+        if not captured and trainer.graph is not None:
+            cap = " (graph warm-up {:.2f}s, capture {:.2f}s)".format(*trainer.capture_seconds)
         print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
-              f"train {train_s:.2f}s val {clock.last:.2f}s | val {metrics_line(metrics)}", flush=True)
+              f"train {train_s:.2f}s{cap} val {clock.last:.2f}s | val {metrics_line(metrics)}", flush=True)
         last = epoch
         if epoch < args.epochs:  # the last epoch's state is written once, below, with its test metrics
             with clock("save"):

@@ -26,6 +26,11 @@ def undefined_normalisation_note(kind):
             f"and no {kind} label can be dropped (--error_scale none drops with a fixed threshold)")
 
 
+def precision_text(quality):
+    """A drop-quality dict's precision, or why there is none (stage 2 and the summary print it)."""
+    return f"{quality['precision']:.3f}" if quality["dropped"] else "n/a (none dropped)"
+
+
 def read_json(path):
     if not os.path.isfile(path):
         raise AVVPError(f"{path}: not found (did that stage run?)")
@@ -52,8 +57,7 @@ def main(argv=None):
             print(f"stage 2 dropped no {kind} label: {undefined_normalisation_note(kind)}; {q['truly_absent']} of "
                   f"{q['weak_labels']} weak labels are truly not {'audible' if kind == 'audio' else 'visible'}")
             continue
-        precision = f"{q['precision']:.3f}" if q["dropped"] else "n/a (none dropped)"
-        print(f"stage 2 dropped {kind} labels: precision {precision}, recall {q['recall']:.3f} "
+        print(f"stage 2 dropped {kind} labels: precision {precision_text(q)}, recall {q['recall']:.3f} "
               f"(base rate {q['base_rate']:.3f})")
 
 

@@ -221,18 +221,94 @@ def resolve_device(name="auto"):
 
 # ----------------------------------------------------------------------------- background saves
 
-def _host_copy(obj):
-    """A deep copy of a checkpoint's nested dicts/lists with every tensor copied to host memory."""
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
+def _map_leaves(obj, fn, is_leaf):
+    """A deep copy of a checkpoint's nested dicts/lists/tuples with fn applied to every leaf."""
+    if is_leaf(obj):
+        return fn(obj)
     if isinstance(obj, dict):
-        new = type(obj)((k, _host_copy(v)) for k, v in obj.items())
+        new = type(obj)((k, _map_leaves(v, fn, is_leaf)) for k, v in obj.items())
         if getattr(obj, "__dict__", None):  # a state_dict's OrderedDict carries _metadata (versions)
             new.__dict__.update(obj.__dict__)
         return new
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(_host_copy(v) for v in obj)
+        return type(obj)(_map_leaves(v, fn, is_leaf) for v in obj)
     return obj
+
+
+def _host_copy(obj):
+    """A deep copy of a checkpoint with every tensor copied to host memory, one copy per tensor."""
+    return _map_leaves(obj, lambda t: t.detach().to("cpu", copy=True), torch.is_tensor)
+
+
+class _Slot:
+    """Stands for the i-th gathered tensor in a HostSnapshot's copy of the checkpoint."""
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+def _on_gpu(t):
+    return t.is_cuda and t.layout == torch.strided and t.is_contiguous()
+
+
+class HostSnapshot:
+    """A checkpoint's state, taken now, for writing later (on another thread).
+
+    The same values as _host_copy, in fewer operations: the GPU tensors of each (device, dtype)
+    (a checkpoint's weights and Adam moments, ~180 tensors, 55 MB) are concatenated on the
+    device and copied to pinned host memory in ONE asynchronous copy, queued on the current
+    stream: later training steps, queued after it, cannot change what it reads, and the main
+    thread does not wait for it. _host_copy instead made one synchronous device-to-host copy
+    per tensor, each a round trip to the GPU (the fourth session's H200 run spent ~36 ms per
+    epoch in it). resolve() waits for the copy and gives each tensor its own host storage, as
+    _host_copy did, so torch.save writes the same bytes. Other tensors (CPU RNG states;
+    non-contiguous ones) are copied at once, one by one; with copy_host=False host tensors are
+    kept as they are (for a write made before anything can change them). `gather` picks the
+    tensors that go through the one copy (tests use it to run that path on the CPU).
+    """
+
+    def __init__(self, obj, gather=_on_gpu, copy_host=True):
+        tensors = []
+
+        def take(t):
+            t = t.detach()
+            if gather(t):
+                tensors.append(t)
+                return _Slot(len(tensors) - 1)
+            return t.to("cpu", copy=copy_host)
+
+        self._tree = _map_leaves(obj, take, torch.is_tensor)
+        self._pieces = [None] * len(tensors)  # (host buffer, offset, shape) per gathered tensor
+        self._events = []
+        groups = defaultdict(list)
+        for i, t in enumerate(tensors):
+            groups[(t.device, t.dtype)].append(i)
+        with torch.no_grad():
+            for (device, dtype), idx in groups.items():
+                flat = torch.cat([tensors[i].reshape(-1) for i in idx])         # (sum of numel,) on device
+                cuda = device.type == "cuda"
+                host = torch.empty(flat.shape, dtype=dtype, pin_memory=cuda)  # pinned: the copy is async
+                host.copy_(flat, non_blocking=cuda)
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record(torch.cuda.current_stream(device))
+                    self._events.append(event)
+                offset = 0
+                for i in idx:
+                    self._pieces[i] = (host, offset, tensors[i].shape)
+                    offset += tensors[i].numel()
+
+    def resolve(self):
+        """The snapshot as host tensors, each with its own storage (waits for the copy)."""
+        for event in self._events:
+            event.synchronize()
+
+        def piece(slot):
+            host, offset, shape = self._pieces[slot.i]
+            return host[offset:offset + shape.numel()].view(shape).clone()
+
+        return _map_leaves(self._tree, piece, lambda x: isinstance(x, _Slot))
 
 
 class BackgroundSaver:
@@ -249,13 +325,13 @@ class BackgroundSaver:
 
     def save(self, obj, path):
         self.wait()
-        snapshot = _host_copy(obj)
+        snapshot = HostSnapshot(obj)
         self._thread = threading.Thread(target=self._write, args=(snapshot, path), name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, obj, path):
+    def _write(self, snapshot, path):
         try:
-            atomic_torch_save(obj, path)
+            atomic_torch_save(snapshot.resolve(), path)
         except BaseException as e:  # noqa: BLE001 -- handed to the main thread by wait()
             self._error = e
 

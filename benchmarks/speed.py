@@ -83,13 +83,15 @@ def run_pipeline(data, feats, work, args):
         wall = time.perf_counter() - t0
         if r.returncode:
             sys.exit(f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-        trains = [float(x) for x in re.findall(r"train ([\d.]+)s", r.stdout)]
+        trains = [float(x) for x in re.findall(r"^epoch .* train ([\d.]+)s", r.stdout, re.M)]
+        capture = re.search(r"graph warm-up ([\d.]+)s, capture ([\d.]+)s", r.stdout)
         vals = [float(x) for x in re.findall(r"val ([\d.]+)s \|", r.stdout)]
         mem = re.findall(r"peak memory: (.*)", r.stdout)
         dev = re.findall(r"device: (.*)", r.stdout)
         phases = PhaseClock.parse(r.stdout)
         res[name] = dict(wall=wall, phases=phases, epoch=np.median(trains) if trains else float("nan"),
                          first_epoch=trains[0] if trains else float("nan"),
+                         capture=tuple(map(float, capture.groups())) if capture else None,
                          val=np.median(vals) if vals else float("nan"), mem=mem[-1] if mem else "",
                          device=dev[0] if dev else "", tail=r.stdout.strip().splitlines()[-8:])
     return res
@@ -194,7 +196,10 @@ def main():
     for label, r in runs:
         for st in ("stage1", "stage2", "stage3"):
             ph = r[st]["phases"]
-            print(f"  {label:14s} {st}: wall {r[st]['wall']:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
+            cap = r[st].get("capture")
+            cap = f" (of train: graph warm-up {cap[0]:.2f}, capture {cap[1]:.2f})" if cap else ""
+            print(f"  {label:14s} {st}: wall {r[st]['wall']:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
+                  + cap)
     if args.epochs is None and (args.train, args.val, args.test) == LLP_SCALE:
         for label, r in runs:  # the project's goal for the whole recipe at LLP scale on one GPU
             tot = sum(r[s]["wall"] for s in r)

@@ -46,8 +46,22 @@ def load_train(args, device):
 
 
 def load_truth(args, filenames):
-    """Dense (N, 25, 10) audio and visual truth of train videos, or None when no truth file exists."""
-    if not (os.path.isfile(args.train_truth_audio) and os.path.isfile(args.train_truth_visual)):
+    """Dense (N, 25, 10) audio and visual truth of train videos, or None when there is none to score against.
+
+    None when the truth files are absent (real LLP has no train truth), and also, with a note,
+    when they do not describe every train video: every train video has a weak label, so it has
+    an event in one of the two files, and one that has none is from another set (the demo's
+    synthetic truth left in ../data while training on other data, say). Scored against such
+    files, every label would count as truly absent and every drop as right.
+    """
+    paths = (args.train_truth_audio, args.train_truth_visual)
+    if not all(os.path.isfile(p) for p in paths):
         return None
-    return (llp.read_dense_matrix(args.train_truth_audio, filenames),
-            llp.read_dense_matrix(args.train_truth_visual, filenames))
+    events = [llp.read_dense(p) for p in paths]
+    described = set(events[0]["filename"].tolist()) | set(events[1]["filename"].tolist())
+    missing = [f for f in filenames if f not in described]
+    if missing:
+        print(f"note: dropped labels not scored: the train truth ({paths[0]}, {paths[1]}) describes "
+              f"{len(filenames) - len(missing)} of the {len(filenames)} train videos ({missing[0]} is not in it)")
+        return None
+    return tuple(llp.dense_matrix(e, filenames) for e in events)

@@ -129,8 +129,7 @@ def main(argv=None):
         qv = drop_quality(drop_v, weak, truth[1].any(axis=2))
         meta["quality"] = {"audio": qa, "visual": qv}
         for kind, q in (("audio", qa), ("visual", qv)):
-            precision = f"{q['precision']:.3f}" if q["dropped"] else "n/a"
-            print(f"dropped {kind} labels vs truth: precision {precision} recall {q['recall']:.3f} "
+            print(f"dropped {kind} labels vs truth: precision {report.precision_text(q)} recall {q['recall']:.3f} "
                   f"({q['correct']}/{q['dropped']} right; {q['truly_absent']} of {q['weak_labels']} weak labels "
                   f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f})")
     out_csv = os.path.join(args.output_dir, args.output)

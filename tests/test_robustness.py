@@ -452,6 +452,32 @@ def test_stage2_outputs_are_replaced_together_or_not_at_all(tiny_llp, stage1_out
     assert (folder / "modality_aware_labels.csv").read_bytes() != before["modality_aware_labels.csv"]
 
 
+def test_stage2_scores_drops_only_against_truth_that_describes_every_train_video(tiny_llp, stage1_out, tmp_path):
+    """Truth of another set (here: the tiny set's, less one train video) would make every label of
+    the missing videos 'truly absent' and every drop of them 'right': not scored, with a note."""
+    args = [*CPU, *tiny_llp.args(), "--model_save_dir", stage1_out / "models_step1"]
+    meta_path = tmp_path / "outputs_step2" / "estimate_meta.json"
+    code, out, err = call_stage(STAGE2, [*args, *tiny_llp.truth_args()], tmp_path)
+    assert code == 0, err
+    assert "dropped visual labels vs truth: precision" in out and "quality" in json.loads(meta_path.read_text())
+    first = llp.read_weak(tiny_llp.data / "AVVP_train.csv").filenames[0]
+    partial, removed = [], 0
+    for kind in ("audio", "visual"):
+        lines = (tiny_llp.data / f"synthetic_train_eval_{kind}.csv").read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if not ln.startswith(first + "\t")]
+        removed += len(lines) - len(kept)
+        partial.append(tmp_path / f"truth_{kind}.csv")
+        partial[-1].write_text("".join(kept))
+    assert removed > 0  # the video had events, and now has none in either file
+    code, out, err = call_stage(STAGE2, [*args, "--train_truth_audio", partial[0], "--train_truth_visual", partial[1]],
+                                tmp_path)
+    assert code == 0, err
+    n = len(llp.read_weak(tiny_llp.data / "AVVP_train.csv").filenames)
+    assert f"note: dropped labels not scored: the train truth ({partial[0]}, {partial[1]}) describes {n - 1} of the {n} " \
+           f"train videos ({first} is not in it)" in out
+    assert "vs truth" not in out and "quality" not in json.loads(meta_path.read_text())
+
+
 def test_atomic_group_renames_all_at_the_end_or_none(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("old a")

@@ -82,6 +82,70 @@ def test_background_checkpoint_is_byte_identical_to_a_synchronous_one(tmp_path):
     assert (tmp_path / "sync.pt").read_bytes() == (tmp_path / "bg.pt").read_bytes()
 
 
+def _saved_bytes(obj, path):
+    """What torch.save writes; the file's stem names the archive's folder, so only the folder varies."""
+    path.mkdir()
+    torch.save(obj, path / "c.pt")
+    return (path / "c.pt").read_bytes()
+
+
+def _checkpoint_like():
+    """Nested like a checkpoint, with the tensors that can make a copy go wrong: 0-dim, bool, int,
+    float64, empty, a view at an offset, a non-contiguous one and a state dict's _metadata."""
+    import collections
+    torch.manual_seed(0)
+    sd = collections.OrderedDict([("w", torch.randn(4, 3)), ("b", torch.randn(3))])
+    sd._metadata = collections.OrderedDict([("", {"version": 1})])
+    base = torch.arange(10, dtype=torch.float64)
+    return {"model": sd, "optimizer": {"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.randn(4, 3)}},
+                                       "param_groups": [{"lr": 3e-4, "params": [0]}]},
+            "mask": torch.rand(5) > 0.5, "ids": torch.arange(6).view(2, 3), "empty": torch.zeros(0, 4),
+            "view": base[3:7], "strided": torch.randn(3, 4).t(), "rng": (torch.randint(0, 255, (16,), dtype=torch.uint8), 5),
+            "epoch": 2}
+
+
+@pytest.mark.parametrize("gather", ["contiguous", "none"])
+def test_host_snapshot_writes_the_bytes_of_a_per_tensor_copy(tmp_path, gather):
+    """HostSnapshot gathers the GPU tensors into one copy per dtype; run here on CPU tensors (the
+    gather path is device-agnostic), the file is byte for byte what the per-tensor copy gives,
+    and the values are those of snapshot time."""
+    obj = _checkpoint_like()
+    pick = (lambda t: t.is_contiguous()) if gather == "contiguous" else (lambda t: False)
+    snap = avvp.utils.HostSnapshot(obj, gather=pick)
+    want = _saved_bytes(avvp.utils._host_copy(obj), tmp_path / "want.pt")
+    if gather == "contiguous":
+        assert len(snap._pieces) == 9  # all but the strided one went through the gathered copy
+        assert len({id(p[0]) for p in snap._pieces}) == 5  # one buffer per dtype: f32, f64, bool, i64, u8
+    obj["model"]["w"].add_(1.0)  # training goes on after the snapshot
+    obj["optimizer"]["state"][0]["step"].add_(1.0)
+    got = snap.resolve()
+    assert _saved_bytes(got, tmp_path / "got.pt") == want
+    assert got["model"]._metadata == {"": {"version": 1}} and got["rng"][1] == 5
+    assert got["strided"].stride() == obj["strided"].stride()
+
+
+def test_a_trainer_checkpoint_through_the_gathered_copy_is_byte_identical(tmp_path):
+    args = recipe_args(batch_size=4)
+    split = random_split(8, seed=0, label_rate=0.2)
+    torch.manual_seed(0)
+    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    trainer.train_epoch(1)
+    state = trainer.state()
+    snap = avvp.utils.HostSnapshot(state, gather=lambda t: t.is_contiguous())
+    assert len(snap._pieces) > 100  # weights, Adam's moments and steps
+    assert _saved_bytes(snap.resolve(), tmp_path / "a.pt") == _saved_bytes(avvp.utils._host_copy(state), tmp_path / "b.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_snapshot_of_gpu_tensors_equals_the_per_tensor_copy(tmp_path):
+    obj = {k: v.cuda() if torch.is_tensor(v) else v for k, v in _checkpoint_like().items()}
+    obj["model"] = {k: v.cuda() for k, v in _checkpoint_like()["model"].items()}
+    want = _saved_bytes(avvp.utils._host_copy(obj), tmp_path / "want.pt")
+    snap = avvp.utils.HostSnapshot(obj)
+    obj["model"]["w"].add_(1.0)  # queued after the snapshot's copy on the same stream
+    assert _saved_bytes(snap.resolve(), tmp_path / "got.pt") == want
+
+
 def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path, monkeypatch):
     """The last epoch's checkpoint is written once, after the test pass, not once before it and
     again with the test metrics; earlier epochs go through the background saver."""
@@ -101,6 +165,30 @@ def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path,
     assert calls == [(1, ["val"], True), (2, ["val"], True), (3, ["test", "val"], False)]
     ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=False)
     assert ckpt["epoch"] == 3 and sorted(ckpt["metrics"]) == ["test", "val"]
+
+
+def test_the_epoch_that_captures_the_graph_says_what_capturing_cost(tmp_path, capsys):
+    """On CUDA the first full batch captures the step (warm-up steps, then recording); that epoch's
+    line says how long each took. Simulated here: capturing needs CUDA."""
+    args = recipe_args(batch_size=4, epochs=2, model_save_dir=str(tmp_path))
+    split = random_split(8, seed=0, label_rate=0.2)
+    split.gt_a = split.gt_v = torch.zeros(8, 25, 10, dtype=torch.uint8).numpy()
+    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    real = trainer.train_epoch
+
+    def capturing(epoch):  # trains eagerly, and leaves the trainer as a capturing epoch would
+        graph, trainer.graph = trainer.graph, None
+        loss = real(epoch)
+        if graph is None:
+            graph, trainer.capture_seconds = object(), (0.5, 0.25)
+        trainer.graph = graph
+        return loss
+
+    trainer.train_epoch = capturing
+    engine.fit(args, trainer, split, split, "stage1", torch.device("cpu"))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and re.search(r" train [\d.]+s \(graph warm-up 0\.50s, capture 0\.25s\) val ", lines[0])
+    assert "graph" not in lines[1]
 
 
 def test_phase_clock_sums_phases_and_accounts_for_the_rest():
