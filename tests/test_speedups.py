@@ -69,11 +69,20 @@ def random_split(n, seed, label_rate):
     return engine.Split([f"v{i}_0_10" for i in range(n)], y, feats, torch.device("cpu"))
 
 
-def test_background_checkpoint_is_byte_identical_to_a_synchronous_one(tmp_path):
-    args = recipe_args(batch_size=4)
+def small_trainer(tmp_path=None, epochs=1, with_truth=False):
+    """(args, split, trainer): an eager CPU trainer of the recipe on 8 random videos, batch 4."""
+    over = {"model_save_dir": str(tmp_path)} if tmp_path is not None else {}
+    args = recipe_args(batch_size=4, epochs=epochs, **over)
     split = random_split(8, seed=0, label_rate=0.2)
+    if with_truth:  # fit() evaluates val and test
+        split.gt_a = split.gt_v = torch.zeros(8, 25, 10, dtype=torch.uint8).numpy()
     torch.manual_seed(0)
-    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    return args, split, engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1),
+                                       torch.device("cpu"))
+
+
+def test_background_checkpoint_is_byte_identical_to_a_synchronous_one(tmp_path):
+    args, _, trainer = small_trainer()
     trainer.train_epoch(1)
     engine.save_checkpoint(tmp_path / "sync.pt", trainer, args, 1, {"val": {"x": 1.0}}, "stage1")
     saver = BackgroundSaver()
@@ -125,10 +134,7 @@ def test_host_snapshot_writes_the_bytes_of_a_per_tensor_copy(tmp_path, gather):
 
 
 def test_a_trainer_checkpoint_through_the_gathered_copy_is_byte_identical(tmp_path):
-    args = recipe_args(batch_size=4)
-    split = random_split(8, seed=0, label_rate=0.2)
-    torch.manual_seed(0)
-    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    _, _, trainer = small_trainer()
     trainer.train_epoch(1)
     state = trainer.state()
     snap = avvp.utils.HostSnapshot(state, gather=lambda t: t.is_contiguous())
@@ -149,11 +155,7 @@ def test_host_snapshot_of_gpu_tensors_equals_the_per_tensor_copy(tmp_path):
 def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path, monkeypatch):
     """The last epoch's checkpoint is written once, after the test pass, not once before it and
     again with the test metrics; earlier epochs go through the background saver."""
-    args = recipe_args(batch_size=4, epochs=3, model_save_dir=str(tmp_path))
-    split = random_split(8, seed=0, label_rate=0.2)
-    split.gt_a = split.gt_v = torch.zeros(8, 25, 10, dtype=torch.uint8).numpy()
-    torch.manual_seed(0)
-    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    args, split, trainer = small_trainer(tmp_path, epochs=3, with_truth=True)
     calls, real = [], engine.save_checkpoint
 
     def spy(path, trainer, args, epoch, metrics, stage, extra=None, saver=None):
@@ -170,10 +172,7 @@ def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path,
 def test_the_epoch_that_captures_the_graph_says_what_capturing_cost(tmp_path, capsys):
     """On CUDA the first full batch captures the step (warm-up steps, then recording); that epoch's
     line says how long each took. Simulated here: capturing needs CUDA."""
-    args = recipe_args(batch_size=4, epochs=2, model_save_dir=str(tmp_path))
-    split = random_split(8, seed=0, label_rate=0.2)
-    split.gt_a = split.gt_v = torch.zeros(8, 25, 10, dtype=torch.uint8).numpy()
-    trainer = engine.Trainer(args, MMIL_Net(), split, engine.weak_targets(split.labels, 0.1), torch.device("cpu"))
+    args, split, trainer = small_trainer(tmp_path, epochs=2, with_truth=True)
     real = trainer.train_epoch
 
     def capturing(epoch):  # trains eagerly, and leaves the trainer as a capturing epoch would
