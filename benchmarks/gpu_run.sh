@@ -10,8 +10,9 @@
 #   3. speed.py, cache warm, with the speed options (OPT_ARGS), bytecode present
 #   4. stage_profile.py: stage 1 (1 epoch) under cProfile: where start-up and "other" go, and
 #      that neither torch._dynamo nor pandas is imported
-#   5. graph_check.py: graph vs eager loss trajectories (dropout off), and avvp.optim.Adam vs
-#      torch.optim.Adam on both paths
+#   5. graph_check.py: graph vs eager loss trajectories (dropout off), avvp.optim.Adam vs
+#      torch.optim.Adam on both paths, and the checkpoint snapshot (same bytes, time); then the
+#      tests that need CUDA (skipped on the CPU)
 #   6. step_profile.py: epoch time of the graph path for the default and the options (VARIANTS),
 #      and the kernels of one eager step
 # Each part has its own timeout, so one slow part still leaves the others' figures.
@@ -39,6 +40,8 @@ timeout ${STAGE_PROFILE_TIMEOUT:-40} python benchmarks/stage_profile.py --top 40
     --model_save_dir "$WORKDIR/m_prof" ${STAGE_PROFILE_ARGS:---epochs 1} 2>&1 | tee "$OUT/stage_profile.txt"
 stamp "4 stage profile"
 timeout ${GRAPH_TIMEOUT:-50} python benchmarks/graph_check.py ${GRAPH_ARGS:---epochs 1 --videos 4000} 2>&1 \
-    | tee "$OUT/graph_check.txt"; stamp "5 graph check"
+    | tee "$OUT/graph_check.txt"
+timeout ${CUDA_TESTS_TIMEOUT:-60} python -m pytest -q -p no:cacheprovider -k "gpu or cuda" tests/test_speedups.py 2>&1 \
+    | tail -3 | tee -a "$OUT/graph_check.txt"; stamp "5 graph check, CUDA tests"
 timeout ${PROFILE_TIMEOUT:-45} python benchmarks/step_profile.py --variants ${VARIANTS:-default,sdpa_attention,both} \
     ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/step_profile.txt"; stamp "6 step profile"
