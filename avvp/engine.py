@@ -13,6 +13,7 @@ import random
 import sys
 import time
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -62,8 +63,9 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
                    help="average res152 frames per segment before fc_v (early, same function, 8x less work) "
                         "or after it (late, the released order)")
     g.add_argument("--graph", choices=["auto", "on", "off"], default="auto",
-                   help="capture the whole training step (forward, backward, Adam) in one CUDA graph; "
-                        "auto = on when training on CUDA. Same arithmetic as eager, fewer launches")
+                   help="capture the whole training step (forward, backward, Adam) in one CUDA graph, and "
+                        "the eval forward of val and of stage 2's swap passes in another; auto = on when "
+                        "features are on a CUDA device. Same arithmetic as eager, fewer launches")
     g.add_argument("--no-graph", dest="graph", action="store_const", const="off", help="same as --graph off")
     g.add_argument("--fused_adam", action=argparse.BooleanOptionalAction, default=False,
                    help="Adam's fused kernel (one launch per step instead of one per foreach op); same update "
@@ -417,20 +419,98 @@ def set_rng_state(s, gen):
 PREDICT_KEYS = ("video_prob", "audio_prob", "visual_prob", "frame_prob")
 
 
+class EvalGraph:
+    """predict()'s eval-mode forward for full batches of one split, recorded once in a CUDA graph
+    and replayed for every later batch (a pure speed-up, used where a split is predicted many
+    times: val after every epoch, stage 2's three swap passes).
+
+    The graph reads the batch's audio and visual video indices from two device buffers, gathers
+    the features and runs the forward, leaving the outputs in fixed device tensors. It replays
+    the recorded kernel launches: the same kernels on the same shapes as the eager forward, with
+    the model's current weights (training updates them in place), at the cost of one launch
+    instead of one Python dispatch per kernel. Its outputs are compared, bit for bit, with an
+    eager forward of the same batch once it is recorded; a difference, or a failed capture, is a
+    one-line note and predict() runs eagerly.
+    """
+
+    def __init__(self, model, split, batch_size, keys, name):
+        dev = split.feats["audio"].device
+        self.split, self.keys = split, keys   # the graph reads the split's feature tensors: keep them alive
+        self.a_idx = torch.arange(batch_size, device=dev) % len(split)  # (B,) static inputs of the graph
+        self.v_idx = self.a_idx.flip(0).contiguous()                      # unlike a_idx: the check sees swaps
+        forward = lambda: model(*split.inputs(self.a_idx, self.v_idx))   # noqa: E731
+        self.ok = False
+        try:
+            out = self._record(forward)
+            self.out = {k: getattr(out, k) for k in keys}
+            self._replay()
+            ref = forward()
+            self.ok = all(torch.equal(self.out[k], getattr(ref, k)) for k in keys)
+            why = "its outputs differ from the eager forward's"
+        except Exception as e:  # noqa: BLE001 -- whatever stops the capture, eager still works
+            why = f"capture failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+        if not self.ok:
+            print(f"note: {name}: the eval forward is not replayed from a CUDA graph, {why}; predicting eagerly")
+
+    def _record(self, forward):
+        """Capture forward() in a CUDA graph (after a warm-up run on a side stream); its outputs."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            return forward()
+
+    def _replay(self):
+        self.graph.replay()
+
+    def __call__(self, a_idx, v_idx):
+        """The outputs for videos a_idx (audio) / v_idx (visual), (B,) each: {key: static tensor}."""
+        self.a_idx.copy_(a_idx)
+        self.v_idx.copy_(v_idx)
+        self._replay()
+        return self.out
+
+
+_EVAL_GRAPHS = weakref.WeakKeyDictionary()  # model -> {(id(split), batch size, keys): EvalGraph}
+
+
+def _eval_graph(model, split, batch_size, keys, name):
+    """The model's EvalGraph for (split, batch size, outputs), recorded on first use and kept while
+    the model lives (beside it, not in it: a deep copy of the model never meets a CUDA graph)."""
+    graphs = _EVAL_GRAPHS.setdefault(model, {})
+    key = (id(split), batch_size, keys)
+    if key not in graphs or graphs[key].split is not split:
+        graphs[key] = EvalGraph(model, split, batch_size, keys, name)
+    return graphs[key]
+
+
+def use_eval_graph(args, split):
+    """Replay predict()'s forward from a CUDA graph: on CUDA, features resident, --graph not off."""
+    return split.device.type == "cuda" and split.resident and args.graph != "off" and len(split) > 0
+
+
 @torch.no_grad()
-def predict(model, split, batch_size=256, swap=None, keys=PREDICT_KEYS):
+def predict(model, split, batch_size=256, swap=None, keys=PREDICT_KEYS, graph=False, name="split"):
     """Run the model in eval mode over a split in large batches.
 
     swap: None, or (partner (N,) long, 'audio' | 'visual'): replace that modality of video i by
     partner[i]'s. keys: the outputs wanted, of video_prob, audio_prob, visual_prob (N, C) and
     frame_prob (N, 10, 2, C). Returns a numpy dict of them. Outputs stay on the model's device
-    until the end (one copy to the host per output, not one per batch).
+    until the end (one copy to the host per output, not one per batch). graph: replay full
+    batches from the split's EvalGraph (see use_eval_graph); the last, partial one runs eagerly.
     """
     was_training = model.training
     model.eval()
     n = len(split)
+    keys = tuple(keys)
     outs = {k: [] for k in keys}
     dev = split.feats["audio"].device
+    eg = _eval_graph(model, split, batch_size, keys, name) if graph and n >= batch_size else None
+    if eg is not None and not eg.ok:
+        eg = None
     if swap is not None:
         partner = torch.as_tensor(swap[0], device=dev)
     for s in range(0, n, batch_size):
@@ -439,18 +519,23 @@ def predict(model, split, batch_size=256, swap=None, keys=PREDICT_KEYS):
         if swap is not None:
             j = partner[idx]
             a_idx, v_idx = (j, idx) if swap[1] == "audio" else (idx, j)
+        if eg is not None and len(idx) == batch_size:
+            out = eg(a_idx, v_idx)
+            for k in keys:  # the graph's output tensors are overwritten by the next replay
+                outs[k].append(out[k].clone())
+            continue
         out = model(*split.inputs(a_idx, v_idx))
-        for k in outs:
+        for k in keys:
             outs[k].append(getattr(out, k).float())
     model.train(was_training)
     return {k: torch.cat(v).cpu().numpy() for k, v in outs.items()}
 
 
-def evaluate(model, split, batch_size=256, probs=None):
+def evaluate(model, split, batch_size=256, probs=None, graph=False, name="split"):
     """LLP metrics (percent, keys of avvp.evaluate) of the model on a split with dense truth."""
     if split.gt_a is None:
         raise AVVPError(f"{split.path}: no dense truth loaded for evaluation")
-    p = probs if probs is not None else predict(model, split, batch_size)
+    p = probs if probs is not None else predict(model, split, batch_size, graph=graph, name=name)
     pred_a, pred_v = llp_eval.predict_segments(p["frame_prob"], p["audio_prob"], p["visual_prob"])
     return llp_eval.llp_scores(pred_a, pred_v, split.gt_a, split.gt_v)
 
@@ -554,7 +639,8 @@ def _fit(args, trainer, val, test, stage, device, extra, saver):
             loss = trainer.train_epoch(epoch)
         train_s = clock.last
         with clock("val"):
-            metrics = evaluate(trainer.model, val, args.eval_batch_size)
+            # val is predicted after every epoch: full batches replayed from a CUDA graph where one is used
+            metrics = evaluate(trainer.model, val, args.eval_batch_size, graph=use_eval_graph(args, val), name="val")
         # the epoch that captured the CUDA graph says what that cost (within its train time)
         cap = ""
         if not captured and trainer.graph is not None:

@@ -6,7 +6,8 @@ Dropout is set to 0 in both so that the two paths see identical arithmetic (with
 random masks are drawn differently by the two paths). Prints the largest loss difference and
 the largest weight difference after all steps, and the step times of both paths. Then checks the
 stages' optimizer (avvp.optim.Adam) against torch.optim.Adam on both paths, and times the
-checkpoint snapshot (one copy per tensor vs avvp.utils.HostSnapshot's gathered copy, same bytes).
+checkpoint snapshot (one copy per tensor vs avvp.utils.HostSnapshot's gathered copy, same bytes)
+and predict() eager vs replayed from an EvalGraph (stage 2's three swap passes: same bits, time).
 """
 import argparse
 import copy
@@ -121,6 +122,28 @@ def snapshot_check(trainer, device, reps=7):
           f"same bytes: {same}", flush=True)
 
 
+def eval_graph_check(model, split, device, batch_size=256, reps=3):
+    """Stage 2's three passes (original, visual-swapped, audio-swapped) over `split`, eager and
+    from an EvalGraph: the outputs must be the same bits. Median seconds of `reps` rounds each."""
+    import numpy as np
+    partner = np.random.default_rng(0).permutation(len(split))
+    keys = ("audio_prob", "visual_prob")
+    times, results = {False: [], True: []}, {}
+    for _ in range(reps):
+        for graph in (False, True):  # the first graph round includes recording it
+            sync(device)
+            t0 = time.perf_counter()
+            results[graph] = [engine.predict(model, split, batch_size, swap=sw, keys=keys, name="check",
+                                             graph=graph and device.type == "cuda")  # CPU: eager twice
+                              for sw in (None, (partner, "visual"), (partner, "audio"))]
+            sync(device)
+            times[graph].append(time.perf_counter() - t0)
+    same = all(np.array_equal(a[k], b[k]) for a, b in zip(results[False], results[True]) for k in keys)
+    print(f"predict, three swap passes over {len(split)} videos at batch {batch_size}: eager "
+          f"{statistics.median(times[False]):.3f} s, EvalGraph {statistics.median(times[True]):.3f} s "
+          f"(first round, recording included: {times[True][0]:.3f} s); same bits: {same}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--videos", type=int, default=10000)
@@ -143,6 +166,7 @@ def main():
     print(f"max |loss eager - loss graph| = {dl:.2e}; max |weight diff| = {dw:.2e}")
     print(f"epoch time eager {min(te):.2f} s, graph {min(tg):.2f} s -> {min(te) / min(tg):.1f}x", flush=True)
     snapshot_check(trainer, device)
+    eval_graph_check(mg, split, device)
     if args.adam_videos:
         n = min(args.adam_videos, len(split))
         sub = engine.Split(split.filenames[:n], split.labels[:n], {k: v[:n] for k, v in split.feats.items()}, device)

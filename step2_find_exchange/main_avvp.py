@@ -102,7 +102,8 @@ def main(argv=None):
     weak = train.labels
     with clock("swap passes"):
         partner = dataloader.pick_partners(weak, args.seed, train.filenames)
-        orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
+        orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size,
+                                                graph=engine.use_eval_graph(args, train))
         drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
                                                                      args.error_scale)
     print(f"swapped passes over {len(train)} videos in {clock.last:.2f}s")

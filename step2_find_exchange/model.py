@@ -27,12 +27,14 @@ def load_frozen(path, args, device):
 
 
 @torch.no_grad()
-def swap_probs(model, split, partner, batch_size):
-    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs."""
+def swap_probs(model, split, partner, batch_size, graph=False):
+    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs.
+    graph: the three passes replay one recorded forward (engine.EvalGraph) for their full batches."""
     keys = ("audio_prob", "visual_prob")  # the exchange rule reads these alone
-    orig = engine.predict(model, split, batch_size, keys=keys)
-    vis = engine.predict(model, split, batch_size, swap=(partner, "visual"), keys=keys)
-    aud = engine.predict(model, split, batch_size, swap=(partner, "audio"), keys=keys)
+    kw = dict(keys=keys, graph=graph, name="train")
+    orig = engine.predict(model, split, batch_size, **kw)
+    vis = engine.predict(model, split, batch_size, swap=(partner, "visual"), **kw)
+    aud = engine.predict(model, split, batch_size, swap=(partner, "audio"), **kw)
     return orig, vis, aud
 
 

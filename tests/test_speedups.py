@@ -6,6 +6,7 @@ import re
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -362,3 +363,68 @@ def test_llp_tables_are_written_byte_for_byte_as_pandas_wrote_them(tmp_path):
     assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
     llp.write_tsv(llp.Table({"filename": np.asarray([], dtype=object)}), tmp_path / "empty.csv")
     assert (tmp_path / "empty.csv").read_text() == "filename\n"
+
+
+class _ReplayedOnCPU(engine.EvalGraph):
+    """EvalGraph with the CUDA graph stood in for by re-running the recorded forward into the
+    same output tensors: everything around the graph (static index buffers, the bit-for-bit check,
+    full vs partial batches, the per-model cache, the fallback) runs as on a GPU."""
+    perturb = 0.0
+
+    def _record(self, forward):
+        self._forward = forward
+        return forward()
+
+    def _replay(self):
+        self.replays = getattr(self, "replays", 0) + 1
+        out = self._forward()
+        for k in self.keys:
+            self.out[k].copy_(getattr(out, k) + self.perturb)
+
+
+def _eval_setup(n=10):
+    split = random_split(n, seed=3, label_rate=0.2)
+    torch.manual_seed(0)
+    model = MMIL_Net()  # dropout 0.1: predict() must switch it off, graph or not
+    partner = torch.randperm(n, generator=torch.Generator().manual_seed(1)).numpy()
+    return model, split, partner
+
+
+@pytest.mark.parametrize("swap", [None, "visual", "audio"])
+def test_predict_from_an_eval_graph_gives_the_eager_bits(monkeypatch, swap):
+    monkeypatch.setattr(engine, "EvalGraph", _ReplayedOnCPU)
+    model, split, partner = _eval_setup()
+    sw = None if swap is None else (partner, swap)
+    want = engine.predict(model, split, batch_size=4, swap=sw)
+    for _ in range(2):  # the second call replays the graph recorded by the first
+        got = engine.predict(model, split, batch_size=4, swap=sw, graph=True, name="val")
+        assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    (eg,) = engine._EVAL_GRAPHS[model].values()  # one graph, recorded by the first call
+    assert eg.ok and eg.replays == 1 + 2 * 2  # its check, then 2 full batches of 4 per call (the last 2 videos eagerly)
+    assert model.training  # left as it was
+
+
+@pytest.mark.parametrize("fault", ["differs", "capture fails"])
+def test_an_eval_graph_that_is_not_bit_identical_is_not_used(monkeypatch, capsys, fault):
+    class Faulty(_ReplayedOnCPU):
+        perturb = 1e-6
+
+        def _record(self, forward):
+            if fault == "capture fails":
+                raise RuntimeError("operation not permitted when stream is capturing\nmore")
+            return super()._record(forward)
+
+    monkeypatch.setattr(engine, "EvalGraph", Faulty)
+    model, split, partner = _eval_setup()
+    want = engine.predict(model, split, batch_size=4, swap=(partner, "visual"))
+    got = engine.predict(model, split, batch_size=4, swap=(partner, "visual"), graph=True, name="train")
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    why = ("its outputs differ from the eager forward's" if fault == "differs" else
+           "capture failed (RuntimeError: operation not permitted when stream is capturing)")
+    assert capsys.readouterr().out == (f"note: train: the eval forward is not replayed from a CUDA graph, {why}; "
+                                       "predicting eagerly\n")
+
+
+def test_eval_graphs_are_for_resident_cuda_splits_only():
+    split = random_split(4, seed=0, label_rate=0.2)
+    assert not engine.use_eval_graph(engine.default_args(), split)  # CPU
