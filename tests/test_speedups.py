@@ -428,3 +428,23 @@ def test_an_eval_graph_that_is_not_bit_identical_is_not_used(monkeypatch, capsys
 def test_eval_graphs_are_for_resident_cuda_splits_only():
     split = random_split(4, seed=0, label_rate=0.2)
     assert not engine.use_eval_graph(engine.default_args(), split)  # CPU
+
+
+def test_a_run_says_when_torch_has_no_bytecode(monkeypatch, tmp_path):
+    """Every stage process compiles torch from source when its bytecode is missing and cannot be
+    written (an install made without it, PYTHONDONTWRITEBYTECODE set): the run says so, once."""
+    import types
+    assert avvp.utils.missing_bytecode_note() is None  # this install has it
+    fake = types.ModuleType("fake_torch")
+    fake.__cached__ = str(tmp_path / "__pycache__" / "__init__.cpython-312.pyc")
+    monkeypatch.setitem(sys.modules, "fake_torch", fake)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    assert avvp.utils.missing_bytecode_note("fake_torch") == (
+        f"note: fake_torch has no bytecode ({fake.__cached__} is missing, and PYTHONDONTWRITEBYTECODE is set), so "
+        "every run compiles it from source again, seconds per process; benchmarks/precompile.py in this repository "
+        "writes it once")
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert f"Python could not write {tmp_path / '__pycache__'})" in avvp.utils.missing_bytecode_note("fake_torch")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "__init__.cpython-312.pyc").write_bytes(b"")
+    assert avvp.utils.missing_bytecode_note("fake_torch") is None
