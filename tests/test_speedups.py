@@ -448,3 +448,31 @@ def test_a_run_says_when_torch_has_no_bytecode(monkeypatch, tmp_path):
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "__init__.cpython-312.pyc").write_bytes(b"")
     assert avvp.utils.missing_bytecode_note("fake_torch") is None
+
+
+def test_attention_without_averaging_its_unused_weights_is_bit_identical():
+    """The layers pass average_attn_weights=False, which skips one reduction per attention call whose
+    output nothing reads; outputs and gradients are those of the released call, bit for bit."""
+    a, v, s = _inputs(b=8, seed=4)
+    y = (torch.rand(8, 25, generator=torch.Generator().manual_seed(4)) < 0.2).float()
+    from avvp.model import mmil_loss
+    seen, runs = [], []
+    for released in (False, True):
+        torch.manual_seed(0)
+        net = MMIL_Net()  # dropout on: both runs draw the same masks from the same seed
+        for m in (net.hat_encoder.cm_attn, net.hat_encoder.self_attn):
+            def call(*args, _f=m.forward, **kw):
+                seen.append(kw.get("average_attn_weights"))
+                if released:  # as the released code calls it: the weights averaged over heads
+                    kw.pop("average_attn_weights", None)
+                return _f(*args, **kw)
+            m.forward = call
+        torch.manual_seed(1)
+        out = net(a, v, s)
+        loss, _ = mmil_loss(out, y, y, 0.9 * y + 0.05)
+        loss.backward()
+        runs.append((out, loss, [p.grad for p in net.parameters()]))
+    assert seen == [False] * 8  # 2 layers x 2 modalities x 2 runs: the model asks for no averaging
+    (o1, l1, g1), (o2, l2, g2) = runs
+    assert all(torch.equal(getattr(o1, f), getattr(o2, f)) for f in o1._fields) and torch.equal(l1, l2)
+    assert all(torch.equal(x, y) for x, y in zip(g1, g2))
