@@ -264,6 +264,19 @@ def build_optimizer(args, model, capturable=False):
 
 # ----------------------------------------------------------------------------- training
 
+def warm_up_for_capture(fn, steps):
+    """Run fn() `steps` times on a side stream, as CUDA graph capture needs first (its first runs
+    start cuBLAS and load the kernels), and wait until they are done. Shared by the training
+    step's graph and EvalGraph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(steps):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()  # torch.cuda.graph() would wait here anyway; this lets callers time the warm-up
+
+
 class Trainer:
     """Trains one model on fixed per-video targets (video, audio, visual), (N, C) each."""
 
@@ -307,13 +320,7 @@ class Trainer:
         saved_s = {p: {k: v.clone() for k, v in self.opt.state[p].items() if torch.is_tensor(v)}
                    for p in params if p in self.opt.state}
         t0 = time.perf_counter()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.step(self.static_idx)
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()  # torch.cuda.graph() would wait here anyway; this times the warm-up
+        warm_up_for_capture(lambda: self.step(self.static_idx), steps=3)
         t1 = time.perf_counter()
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
@@ -454,11 +461,7 @@ class EvalGraph:
 
     def _record(self, forward):
         """Capture forward() in a CUDA graph (after a warm-up run on a side stream); its outputs."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            forward()
-        torch.cuda.current_stream().wait_stream(side)
+        warm_up_for_capture(forward, steps=1)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             return forward()
@@ -489,7 +492,7 @@ def _eval_graph(model, split, batch_size, keys, name):
 
 def use_eval_graph(args, split):
     """Replay predict()'s forward from a CUDA graph: on CUDA, features resident, --graph not off."""
-    return split.device.type == "cuda" and split.resident and args.graph != "off" and len(split) > 0
+    return split.device.type == "cuda" and split.resident and args.graph != "off"
 
 
 @torch.no_grad()

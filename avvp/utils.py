@@ -278,8 +278,9 @@ class HostSnapshot:
     stream: later training steps, queued after it, cannot change what it reads, and the main
     thread does not wait for it. _host_copy instead made one synchronous device-to-host copy
     per tensor, each a round trip to the GPU (about 36 ms per epoch, by the fourth session's
-    H200 figures: 0.54 s of "save" per training stage, less its two synchronous saves). resolve() waits for the copy and gives each tensor its own host storage, as
-    _host_copy did, so torch.save writes the same bytes. Other tensors (CPU RNG states;
+    H200 figures: 0.54 s of "save" per training stage, less its two synchronous saves).
+    resolve() waits for the copy and gives each tensor its own host storage, as _host_copy
+    did, so torch.save writes the same bytes. Other tensors (CPU RNG states;
     non-contiguous ones) are copied at once, one by one; with copy_host=False host tensors are
     kept as they are (for a write made before anything can change them). `gather` picks the
     tensors that go through the one copy (tests use it to run that path on the CPU).

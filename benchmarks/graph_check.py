@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -125,7 +126,6 @@ def snapshot_check(trainer, device, reps=7):
 def eval_graph_check(model, split, device, batch_size=256, reps=3):
     """Stage 2's three passes (original, visual-swapped, audio-swapped) over `split`, eager and
     from an EvalGraph: the outputs must be the same bits. Median seconds of `reps` rounds each."""
-    import numpy as np
     partner = np.random.default_rng(0).permutation(len(split))
     keys = ("audio_prob", "visual_prob")
     times, results = {False: [], True: []}, {}
