@@ -165,6 +165,9 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
     names the split in messages.
     """
     if filenames is None:
+        if not os.path.isfile(label_csv):  # the usual first-run mistake: no data yet
+            raise AVVPError(f"{label_csv}: label file not found (see data/README.md for LLP's files, "
+                            f"or run `python -m avvp.synth` for the synthetic set)")
         weak = llp.read_weak(label_csv)
         filenames, labels = weak.filenames, weak.labels
     else:

@@ -88,6 +88,13 @@ def reference_2_epochs(tiny_llp, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- features
 
+def test_no_data_yet_is_a_one_line_error_that_says_where_to_get_it(tiny_llp, tmp_path):
+    absent = tmp_path / "data" / "AVVP_train.csv"
+    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(label_train=absent), "--epochs", "1"], tmp_path)
+    assert_one_line_error(code, err, absent, "label file not found", "data/README.md", "python -m avvp.synth")
+    assert "epoch   1/" not in out
+
+
 def test_missing_feature_file_is_a_one_line_error(mutable_llp, tmp_path):
     name = llp.read_weak(mutable_llp.data / "AVVP_train.csv").filenames[3]
     victim = mutable_llp.feature_dir("audio") / (llp.video_id(name) + ".npy")
