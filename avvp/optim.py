@@ -32,6 +32,7 @@ except ImportError:  # another torch layout: make_adam falls back to torch.optim
 
 _UPDATE_ARGS = ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps", "grad_scale",
                 "found_inf"]
+_IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")  # how, not what: see load_state_dict
 _UPDATE_KWARGS = {"amsgrad", "has_complex", "beta1", "beta2", "lr", "weight_decay", "eps", "maximize",
                   "capturable", "differentiable", "decoupled_weight_decay"}
 
@@ -115,19 +116,26 @@ class Adam(torch.optim.Optimizer):
         return {"state": {index[id(p)]: s for p, s in self.state.items()}, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        """As torch.optim.Optimizer.load_state_dict: moments to each parameter's device and dtype,
-        the step count to the device only where the update reads it there (capturable or fused)."""
+        """As torch.optim.Optimizer.load_state_dict (moments to each parameter's device and dtype,
+        hyperparameters such as the decayed lr from the checkpoint), with one difference: the
+        implementation flags (foreach, fused, capturable, differentiable) stay this optimizer's.
+        They say how the saving process ran the update, not where training stands: torch would
+        take them from the checkpoint, so that a GPU run's checkpoint (capturable, maybe fused)
+        resumed on the CPU would ask for a device-only update, or run another kernel than asked.
+        The step count goes to the device only where this optimizer's update reads it there."""
         saved = deepcopy(state_dict["param_groups"])
         if len(saved) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"]) for s, g in zip(saved, self.param_groups)):
             raise ValueError("loaded state dict has a different number of parameter groups or parameters")
+        for s, g in zip(saved, self.param_groups):
+            s.update({k: g[k] for k in _IMPLEMENTATION_FLAGS})
         by_index = dict(zip(chain.from_iterable(s["params"] for s in saved),
                             chain.from_iterable(g["params"] for g in self.param_groups)))
         state = defaultdict(dict)
         for i, s in state_dict["state"].items():
             p = by_index[i]
             group = next(g for g in saved if i in g["params"])
-            on_device = group.get("capturable") or group.get("fused")
+            on_device = group["capturable"] or group["fused"]
             state[p] = {k: (v.to(dtype=torch.float32, device=p.device) if on_device else v) if k == "step"
                         else v.to(dtype=p.dtype, device=p.device) for k, v in s.items()}
         for s, g in zip(saved, self.param_groups):

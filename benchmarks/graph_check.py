@@ -4,7 +4,9 @@
 
 Dropout is set to 0 in both so that the two paths see identical arithmetic (with dropout the
 random masks are drawn differently by the two paths). Prints the largest loss difference and
-the largest weight difference after all steps, and the step times of both paths. Then checks the
+the largest weight difference after all steps, and the step times of both paths; then the same
+for the graph path's Adam, fused (the default since the seventh session) against foreach
+(--fused_adam off), beside eager against graph with foreach. Then checks the
 stages' optimizer (avvp.optim.Adam) against torch.optim.Adam on both paths, and times the
 checkpoint snapshot (one copy per tensor vs avvp.utils.HostSnapshot's gathered copy, same bytes)
 and predict() eager vs replayed from an EvalGraph (stage 2's three swap passes: same bits, time).
@@ -41,7 +43,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def trainer_args(batch_size, graph, fused_adam=False):
+def trainer_args(batch_size, graph, fused_adam="auto"):
     """The recipe's training flags, as the stages' argparse gives them."""
     return engine.default_args(batch_size=batch_size, graph=graph, no_progress=True, fused_adam=fused_adam)
 
@@ -58,9 +60,9 @@ def timed_epochs(trainer, device, epochs):
     return losses, times
 
 
-def run(graph, split, base_model, args, device, epochs):
+def run(graph, split, base_model, args, device, epochs, fused_adam="auto"):
     model = copy.deepcopy(base_model)
-    tr = engine.Trainer(trainer_args(args.batch_size, "on" if graph else "off"), model, split,
+    tr = engine.Trainer(trainer_args(args.batch_size, "on" if graph else "off", fused_adam), model, split,
                         engine.weak_targets(split.labels, 0.1), device)
     losses, times = timed_epochs(tr, device, epochs)
     return losses, times, model, tr
@@ -88,6 +90,19 @@ def adam_check(split, base_model, args, device, epochs=1):
         floor = max((a - b).abs().max().item() for a, b in zip(again, ref))
         print(f"avvp.optim.Adam vs torch.optim.Adam, {'graph' if graph else 'eager'} path, {epochs} epoch(s): "
               f"max |weight diff| = {diff:.2e} (torch vs torch: {floor:.2e})", flush=True)
+
+
+def adam_kind(trainer):
+    d = trainer.opt.defaults
+    if d.get("fused"):
+        return "fused"
+    return ("foreach" if trainer.device.type == "cuda" else "per tensor") + (", capturable" if d["capturable"] else "")
+
+
+def differences(losses_a, model_a, losses_b, model_b):
+    dl = max(abs(a - b) for a, b in zip(losses_a, losses_b))
+    dw = max((pa - pb).abs().max().item() for pa, pb in zip(model_a.parameters(), model_b.parameters()))
+    return f"max |epoch loss diff| = {dl:.2e}, max |weight diff| = {dw:.2e}"
 
 
 def saved_bytes(obj):
@@ -155,16 +170,21 @@ def main():
     torch.manual_seed(0)
     split = make_split(args.videos, device)
     base = MMIL_Net(dropout=0.0).to(device)
-    le, te, me, _ = run(False, split, base, args, device, args.epochs)
+    le, te, me, tre = run(False, split, base, args, device, args.epochs)
     lg, tg, mg, trainer = run(True, split, base, args, device, args.epochs)
-    dl = max(abs(a - b) for a, b in zip(le, lg))
-    dw = max((pa - pb).abs().max().item() for pa, pb in zip(me.parameters(), mg.parameters()))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (graph path unavailable: eager twice)"
     print(f"{name}: {args.videos} videos, batch {args.batch_size}, {args.epochs} epochs")
     print(f"eager epoch losses {['%.6f' % x for x in le]}; times {['%.2f' % x for x in te]} s")
     print(f"graph epoch losses {['%.6f' % x for x in lg]}; times {['%.2f' % x for x in tg]} s (1st includes capture)")
-    print(f"max |loss eager - loss graph| = {dl:.2e}; max |weight diff| = {dw:.2e}")
+    print(f"eager vs graph (defaults: Adam {adam_kind(tre)} / {adam_kind(trainer)}): {differences(le, me, lg, mg)}")
     print(f"epoch time eager {min(te):.2f} s, graph {min(tg):.2f} s -> {min(te) / min(tg):.1f}x", flush=True)
+    # the graph path's Adam before the seventh session (foreach, capturable): how far the default's
+    # fused kernel moves a run, beside how far the graph itself moves it from eager
+    lf, tf, mf, trf = run(True, split, base, args, device, args.epochs, fused_adam="off")
+    print(f"graph path, Adam {adam_kind(trainer)} vs {adam_kind(trf)} (--fused_adam off): {differences(lg, mg, lf, mf)}; "
+          f"epoch time {min(tg):.2f} s vs {min(tf):.2f} s")
+    print(f"eager vs graph with --fused_adam off (Adam {adam_kind(tre)} / {adam_kind(trf)}): "
+          f"{differences(le, me, lf, mf)}", flush=True)
     snapshot_check(trainer, device)
     eval_graph_check(mg, split, device)
     if args.adam_videos:

@@ -68,6 +68,23 @@ def test_state_dicts_load_across_the_two_and_resume_the_same_trajectory():
         optim.Adam(list(MMIL_Net().parameters())[:3]).load_state_dict(from_ours)
 
 
+@pytest.mark.parametrize("flags", [{"capturable": True}, {"capturable": True, "fused": True}, {"foreach": True}],
+                         ids=["graph path, foreach", "graph path, fused", "eager CUDA"])
+def test_a_checkpoint_resumes_with_this_process_update_not_the_saving_one(flags):
+    """A checkpoint records how its process ran the update (a GPU run: capturable, maybe fused). Resumed
+    elsewhere (here: the CPU), the loading optimizer keeps its own way: the saved flags would ask for
+    a device-only capturable update, or silently switch to another kernel."""
+    our_adam = lambda p: optim.Adam(p, lr=3e-4)  # noqa: E731
+    saved = train(our_adam, steps=3)[1].state_dict()
+    ref, _ = train(our_adam, resume_from=saved)
+    elsewhere = copy.deepcopy(saved)
+    elsewhere["param_groups"][0].update(flags)
+    net, opt = train(our_adam, resume_from=elsewhere)
+    assert all(torch.equal(x, y) for x, y in zip(ref.parameters(), net.parameters()))
+    assert {k: opt.param_groups[0][k] for k in flags} == {k: saved["param_groups"][0][k] for k in flags}
+    assert opt.param_groups[0]["lr"] == pytest.approx(3e-5)  # hyperparameters do come from the checkpoint
+
+
 def test_make_adam_falls_back_to_torch_where_the_update_functions_differ(monkeypatch, capsys):
     params = list(MMIL_Net().parameters())
     assert type(optim.make_adam(params, 3e-4)) is optim.Adam

@@ -268,6 +268,26 @@ def test_fused_adam_follows_the_same_loss_trajectory():
     assert runs[False] == pytest.approx(runs[True], rel=1e-4, abs=1e-5)
 
 
+def test_fused_adam_auto_means_fused_exactly_where_the_step_is_captured():
+    from avvp.engine import build_optimizer, default_args, uses_fused_adam
+    parse = lambda *argv: engine.parse_args(engine.stage_parser(None, "train"), list(argv)).fused_adam  # noqa: E731
+    assert (parse(), parse("--fused_adam"), parse("--no-fused_adam"), parse("--fused_adam", "off")) == (
+        "auto", "on", "off", "off")
+    model = MMIL_Net()
+    for choice, eager, captured in [("auto", None, True), ("on", True, True), ("off", None, None),
+                                    (True, True, True), (False, None, None)]:
+        args = default_args(fused_adam=choice)
+        # capturable=True is what Trainer asks for on the CUDA graph path (the optimizer is only built here)
+        got = [build_optimizer(args, model, capturable=c)[0].defaults["fused"] for c in (False, True)]
+        assert got == [eager, captured], choice
+        assert uses_fused_adam(args, True) is bool(captured)
+    with pytest.raises(ValueError, match="fused_adam must be auto, on or off"):
+        uses_fused_adam(default_args(fused_adam="yes"), True)
+    # the CPU default is torch's per-tensor update, as before: CPU runs keep their bits
+    _, _, tr = small_trainer()
+    assert not tr.use_graph and tr.opt.defaults["fused"] is None and tr.opt.defaults["capturable"] is False
+
+
 def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
     import gc
     kept, seen = [], []
