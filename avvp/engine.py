@@ -66,7 +66,8 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
                    help="capture the whole training step (forward, backward, Adam) in one CUDA graph, and "
                         "the eval forward of val and of stage 2's swap passes in another; auto = on when "
                         "features are on a CUDA device. Same arithmetic as eager, fewer launches")
-    g.add_argument("--no-graph", dest="graph", action="store_const", const="off", help="same as --graph off")
+    g.add_argument("--no-graph", dest="graph", action="store_const", const="off", default=argparse.SUPPRESS,
+                   help="same as --graph off")
     g.add_argument("--fused_adam", nargs="?", const="on", choices=["auto", "on", "off"], default="auto",
                    help="Adam's fused kernel (one launch per step instead of one per foreach op): same update "
                         "rule, other float rounding. auto = where the training step is replayed from a CUDA "
@@ -74,7 +75,7 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt"):
                         "update elsewhere (CPU runs unchanged); --fused_adam alone = on (fused on CPU needs "
                         "torch >= 2.4); off = torch's default update everywhere (the graph path's foreach "
                         "update up to the sixth session)")
-    g.add_argument("--no-fused_adam", dest="fused_adam", action="store_const", const="off",
+    g.add_argument("--no-fused_adam", dest="fused_adam", action="store_const", const="off", default=argparse.SUPPRESS,
                    help="same as --fused_adam off")
     g.add_argument("--stack_modalities", action=argparse.BooleanOptionalAction, default=False,
                    help="run the shared HAN layer once on the stacked audio and visual sequences (2B) instead of "
