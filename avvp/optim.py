@@ -11,9 +11,9 @@ rule (fused if asked; else foreach when every parameter is on a device with fore
 CUDA; else per tensor), so parameters, moments and step counts come out bit-identical (tested
 against torch.optim.Adam on the CPU, and on CUDA in benchmarks/graph_check.py). state_dict() has
 torch.optim.Adam's layout, so checkpoints load into either; loading one keeps this optimizer's own
-implementation flags (foreach, fused, capturable), unlike torch (see load_state_dict). It subclasses torch.optim.Optimizer
-without running its __init__ only so that torch's StepLR accepts it; every Optimizer method the
-project calls is overridden here.
+implementation flags (foreach, fused, capturable), unlike torch (see load_state_dict). It
+subclasses torch.optim.Optimizer without running its __init__ only so that torch's StepLR
+accepts it; every Optimizer method the project calls is overridden here.
 
 If this torch build lacks those functions or they take other arguments, `make_adam` falls back to
 torch.optim.Adam (same results, plus the import).
