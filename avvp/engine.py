@@ -160,6 +160,10 @@ class Split:
                      for t in (f["audio"][idx], f["video"][v_idx], f["st"][v_idx]))
 
 
+# what a stage says when a label file is missing: the usual first-run mistake is having no data yet
+DATA_HINT = "see data/README.md for LLP's files, or run `python -m avvp.synth` for the synthetic set"
+
+
 def feature_dirs(args):
     return {"audio": args.audio_dir, "video": args.video_dir, "st": args.st_dir}
 
@@ -172,10 +176,7 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
     names the split in messages.
     """
     if filenames is None:
-        if not os.path.isfile(label_csv):  # the usual first-run mistake: no data yet
-            raise AVVPError(f"{label_csv}: label file not found (see data/README.md for LLP's files, "
-                            f"or run `python -m avvp.synth` for the synthetic set)")
-        weak = llp.read_weak(label_csv)
+        weak = llp.read_weak(label_csv, missing_hint=DATA_HINT)
         filenames, labels = weak.filenames, weak.labels
     else:
         filenames, labels = list(filenames), None
@@ -782,7 +783,8 @@ def load_eval_splits(args, device):
 def read_eval_truth(args):
     """The dense audio and visual eval files as event tables, each read (and warned about) once."""
     with clock("load"):
-        return llp.read_dense(args.eval_audio), llp.read_dense(args.eval_visual)
+        return (llp.read_dense(args.eval_audio, missing_hint=DATA_HINT),
+                llp.read_dense(args.eval_visual, missing_hint=DATA_HINT))
 
 
 def weak_targets(labels, visual_smoothing):

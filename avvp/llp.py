@@ -77,14 +77,16 @@ def _strings(values):
     return out
 
 
-def read_table(path, columns, allow_empty=False):
+def read_table(path, columns, allow_empty=False, missing_hint=None):
     """Read a tab-separated LLP file as strings; returns (Table of `columns`, line numbers of its rows).
 
     allow_empty: a header-only file is valid (a prediction file of a model that predicts nothing).
+    missing_hint: what to do when the file does not exist, added to that error (the stages say
+    where LLP's files come from).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise AVVPError(f"{path}: label file not found")
+        raise AVVPError(f"{path}: label file not found" + (f" ({missing_hint})" if missing_hint else ""))
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the header
             text = f.read()
@@ -166,9 +168,9 @@ class WeakLabels:
         return len(self.filenames)
 
 
-def read_weak(path):
+def read_weak(path, missing_hint=None):
     """Read a weak label file; errors on bad filenames, duplicates, unknown classes."""
-    table, line_nos = read_table(path, ["filename", "event_labels"])
+    table, line_nos = read_table(path, ["filename", "event_labels"], missing_hint=missing_hint)
     names = table["filename"]
     bad = [i for i, n in enumerate(names) if not FILENAME_RE.match(n)]
     if bad:
@@ -189,7 +191,7 @@ def read_weak(path):
     return WeakLabels(names.tolist(), labels, path=os.fspath(path))
 
 
-def read_dense(path, warn=True, allow_empty=False):
+def read_dense(path, warn=True, allow_empty=False, missing_hint=None):
     """Read a dense (eval or prediction) file into a validated Table.
 
     Returns columns filename (str), onset (int), offset (int), cls (int class index), line (int).
@@ -200,7 +202,8 @@ def read_dense(path, warn=True, allow_empty=False):
     `GT[c, on:off] = 1` is then a no-op); they are kept and mark nothing. Unknown class names
     are an error.
     """
-    table, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"], allow_empty=allow_empty)
+    table, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"], allow_empty=allow_empty,
+                                 missing_hint=missing_hint)
     onset = np.array([_to_number(t) for t in table["onset"]], dtype=np.float64)
     offset = np.array([_to_number(t) for t in table["offset"]], dtype=np.float64)
     with np.errstate(invalid="ignore"):

@@ -88,9 +88,10 @@ def reference_2_epochs(tiny_llp, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- features
 
-def test_no_data_yet_is_a_one_line_error_that_says_where_to_get_it(tiny_llp, tmp_path):
-    absent = tmp_path / "data" / "AVVP_train.csv"
-    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(label_train=absent), "--epochs", "1"], tmp_path)
+@pytest.mark.parametrize("flag, name", [("label_train", "AVVP_train.csv"), ("eval_audio", "AVVP_eval_audio.csv")])
+def test_no_data_yet_is_a_one_line_error_that_says_where_to_get_it(tiny_llp, tmp_path, flag, name):
+    absent = tmp_path / "data" / name
+    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(**{flag: absent}), "--epochs", "1"], tmp_path)
     assert_one_line_error(code, err, absent, "label file not found", "data/README.md", "python -m avvp.synth")
     assert "epoch   1/" not in out
 
