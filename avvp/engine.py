@@ -319,9 +319,10 @@ class Trainer:
                 "features on the GPU, eager steps" if device.type == "cuda" and split.resident
                 else "batches streamed from host memory, eager steps" if device.type == "cuda"
                 else f"CPU, eager steps, {torch.get_num_threads()} threads")
-        adam = ("fused" if self.opt.defaults.get("fused") else "foreach" if device.type == "cuda"
-                else "per tensor")
-        print(f"training path: {path}; Adam update: {adam}")
+        # which of torch's Adam updates runs (avvp.optim picks it by torch's rule: foreach on CUDA)
+        self.adam_update = ("fused" if self.opt.defaults.get("fused") else "foreach" if device.type == "cuda"
+                            else "per tensor")
+        print(f"training path: {path}; Adam update: {self.adam_update}")
         # batch order comes from its own generator so that resume can restore it exactly
         self.gen = torch.Generator().manual_seed(args.seed)
 

@@ -92,13 +92,6 @@ def adam_check(split, base_model, args, device, epochs=1):
               f"max |weight diff| = {diff:.2e} (torch vs torch: {floor:.2e})", flush=True)
 
 
-def adam_kind(trainer):
-    d = trainer.opt.defaults
-    if d.get("fused"):
-        return "fused"
-    return ("foreach" if trainer.device.type == "cuda" else "per tensor") + (", capturable" if d["capturable"] else "")
-
-
 def differences(losses_a, model_a, losses_b, model_b):
     dl = max(abs(a - b) for a, b in zip(losses_a, losses_b))
     dw = max((pa - pb).abs().max().item() for pa, pb in zip(model_a.parameters(), model_b.parameters()))
@@ -176,14 +169,14 @@ def main():
     print(f"{name}: {args.videos} videos, batch {args.batch_size}, {args.epochs} epochs")
     print(f"eager epoch losses {['%.6f' % x for x in le]}; times {['%.2f' % x for x in te]} s")
     print(f"graph epoch losses {['%.6f' % x for x in lg]}; times {['%.2f' % x for x in tg]} s (1st includes capture)")
-    print(f"eager vs graph (defaults: Adam {adam_kind(tre)} / {adam_kind(trainer)}): {differences(le, me, lg, mg)}")
+    print(f"eager vs graph (defaults: Adam {tre.adam_update} / {trainer.adam_update}): {differences(le, me, lg, mg)}")
     print(f"epoch time eager {min(te):.2f} s, graph {min(tg):.2f} s -> {min(te) / min(tg):.1f}x", flush=True)
     # the graph path's Adam before the seventh session (foreach, capturable): how far the default's
     # fused kernel moves a run, beside how far the graph itself moves it from eager
     lf, tf, mf, trf = run(True, split, base, args, device, args.epochs, fused_adam="off")
-    print(f"graph path, Adam {adam_kind(trainer)} vs {adam_kind(trf)} (--fused_adam off): {differences(lg, mg, lf, mf)}; "
+    print(f"graph path, Adam {trainer.adam_update} vs {trf.adam_update} (--fused_adam off): {differences(lg, mg, lf, mf)}; "
           f"epoch time {min(tg):.2f} s vs {min(tf):.2f} s")
-    print(f"eager vs graph with --fused_adam off (Adam {adam_kind(tre)} / {adam_kind(trf)}): "
+    print(f"eager vs graph with --fused_adam off (Adam {tre.adam_update} / {trf.adam_update}): "
           f"{differences(le, me, lf, mf)}", flush=True)
     snapshot_check(trainer, device)
     eval_graph_check(mg, split, device)

@@ -286,6 +286,7 @@ def test_fused_adam_auto_means_fused_exactly_where_the_step_is_captured():
     # the CPU default is torch's per-tensor update, as before: CPU runs keep their bits
     _, _, tr = small_trainer()
     assert not tr.use_graph and tr.opt.defaults["fused"] is None and tr.opt.defaults["capturable"] is False
+    assert tr.adam_update == "per tensor"  # what the training-path line (and graph_check) report
 
 
 def test_run_program_freezes_the_imports_before_main_and_the_run_after_it():
