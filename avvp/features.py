@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import stat as stat_module
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,27 +35,50 @@ def feature_path(folder, filename):
     return os.path.join(folder, video_id(filename) + ".npy")
 
 
-def check_array(arr, shape, where):
-    """Validate one video's array; returns it as float32 or raises AVVPError naming `where`."""
+def check_array(arr, shape, where, finite=True):
+    """Validate one video's array; returns it as float32 or raises AVVPError naming `where`.
+    finite=False leaves the NaN/inf check to the caller (see _fill)."""
     if arr.dtype.type not in ACCEPTED_DTYPES:
         raise AVVPError(f"{where}: dtype {arr.dtype} (expected float16, float32 or float64)")
     if tuple(arr.shape) != tuple(shape):
         raise AVVPError(f"{where}: shape {tuple(arr.shape)} (expected {tuple(shape)})")
     arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    if finite and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise AVVPError(f"{where}: {bad} non-finite value(s) (NaN or inf)")
     return arr
 
 
-def load_feature(folder, filename, shape):
-    """One video's features as float32, validated; errors name the file and the fault."""
+class ReadBuffer(threading.local):
+    """One reader thread's buffer for the bytes of one file, reused from file to file, instead of
+    a fresh ~650 KB array per res152 file that the kernel must map and zero on first touch.
+    A small gain: LLP's 10,000 train res152 files, pooled, on the eighth session's H200 machine
+    (benchmarks/load_speed.py, with the means written in place and checked there, see _fill):
+    from disk, 16 threads, 5.84 -> 5.49 s; cached, 4 threads, 1.98 -> 1.80 s; cached, 16
+    threads, no change (3.5 s: there the threads wait on each other, not on memory)."""
+
+    def __init__(self):
+        self.buf = np.empty(0, dtype=np.uint8)
+
+    def take(self, n):
+        """A uint8 view of n bytes, valid until the next take() on this thread."""
+        if self.buf.size < n:
+            self.buf = np.empty(n, dtype=np.uint8)
+        return self.buf[:n]
+
+
+def load_feature(folder, filename, shape, scratch=None, finite=True):
+    """One video's features as float32, validated; errors name the file and the fault.
+
+    scratch: a ReadBuffer to read into instead of a new array; the result may then be a view of
+    it, valid until the thread's next read. finite=False skips the NaN/inf check (see _fill)."""
     path = feature_path(folder, filename)
     if not os.path.isfile(path):
         raise AVVPError(f"{path}: feature file missing (video {filename})")
     try:
         with open(path, "rb") as f:  # the file is read once, whichever way it is then parsed
-            buf = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)
+            size = os.fstat(f.fileno()).st_size
+            buf = scratch.take(size) if scratch is not None else np.empty(size, dtype=np.uint8)
             f.readinto(memoryview(buf))
     except OSError as e:
         raise AVVPError(f"{path}: cannot read .npy ({type(e).__name__}: {e})") from None
@@ -71,7 +95,7 @@ def load_feature(folder, filename, shape):
             raise AVVPError(f"{path}: not a .npy array (got {type(arr).__name__})")
         if head is not None and arr.dtype.type in ACCEPTED_DTYPES and arr.ndim == 2 and arr.flags.c_contiguous:
             _KNOWN_HEADERS[head] = (arr.dtype, arr.shape)
-    return check_array(arr, shape, path)
+    return check_array(arr, shape, path, finite)
 
 
 # A split's files share one exact .npy header (same dtype and shape). np.load parses every header
@@ -142,19 +166,35 @@ def missing_videos(dirs, filenames, stats=None):
     return [f for i, f in enumerate(filenames) if any(stats[key][i] is None for key in dirs)]
 
 
-def segment_means(video):
-    """(..., 80, 2048) res152 frames -> (..., 10, 2048): mean of the 8 frames of each segment."""
-    return video.reshape(video.shape[:-2] + (10, FRAMES_PER_SEGMENT, video.shape[-1])).mean(-2)
+def segment_means(video, out=None):
+    """(..., 80, 2048) res152 frames -> (..., 10, 2048): mean of the 8 frames of each segment
+    (into `out` when given: the same bits, no temporary)."""
+    return video.reshape(video.shape[:-2] + (10, FRAMES_PER_SEGMENT, video.shape[-1])).mean(-2, out=out)
 
 
-def _fill(arr, folder, filenames, shape, pool, desc, progress):
-    """Read every video's file into arr[i], with as many reader threads as cores (file reads
-    release the GIL); errors name the first bad file."""
+def _fill(arr, folder, filenames, shape, pool, desc, progress, workers=None):
+    """Read every video's file into arr[i], with as many reader threads as cores, up to 16 (file
+    reads release the GIL; `workers` sets another number, for benchmarks/load_speed.py); errors
+    name the first bad file.
+
+    Each thread reads into its own reused buffer and writes the result straight into arr[i]. With
+    pool, the NaN/inf check runs on the (10, 2048) means instead of the (80, 2048) frames: a NaN
+    or inf frame value makes its segment's mean NaN or inf, so finite means prove finite frames,
+    and only a non-finite mean sends the frames through the full check (which names the fault,
+    or passes them when the mean merely overflowed, as before)."""
+    scratch = ReadBuffer()
+
     def one(i):
-        x = load_feature(folder, filenames[i], shape)
-        arr[i] = segment_means(x) if pool else x
+        x = load_feature(folder, filenames[i], shape, scratch=scratch, finite=not pool)  # may view scratch
+        if not pool:
+            arr[i] = x
+            return
+        with np.errstate(invalid="ignore"):  # inf - inf in a bad file: the check below says which file
+            segment_means(x, out=arr[i])  # (10, 2048)
+        if not np.isfinite(arr[i]).all():
+            check_array(x, shape, feature_path(folder, filenames[i]))
 
-    workers = max(1, min(16, os.cpu_count() or 1))
+    workers = workers or max(1, min(16, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as ex:
         list(tqdm(ex.map(one, range(len(filenames))), total=len(filenames), desc=desc, leave=False,
                   disable=not progress, mininterval=1.0))

@@ -3,15 +3,19 @@
     python benchmarks/load_speed.py                       # LLP scale (the data of speed.py)
     python benchmarks/load_speed.py --train 2000 --val 100 --test 100 --threads 1 2
 
-The first run at LLP scale builds the packed cache from 35,547 per-video .npy files (7.7 GB),
-and its stage-1 load phase took 8.6-9.2 s on the eighth session's H200 machine (16 cores), where
-reading them in parallel with the work done per file would, from CPU time alone, take about 1 s.
-This times, on the train split's res152 files (the bulk of the bytes), with the page cache
-emptied of them first (posix_fadvise DONTNEED after a sync: no root needed) and then full:
+The first run at LLP scale builds the packed cache from 35,547 per-video .npy files (7.7 GB).
+Its stage-1 load phase took 8.6-9.2 s on the eighth session's H200 machine (16 cores). From CPU
+time alone, reading the files in parallel with the per-file work should take about 1 s.
+This times the train split's res152 files (the bulk of the bytes) twice: once with the page
+cache emptied of them (posix_fadvise DONTNEED after a sync: no root needed), once with it full.
+It reports:
   - reading the raw bytes only, with N threads (the disk's or the page cache's rate);
-  - what `features.load_split` does per file (read, header, finite check, segment means), with
-    N threads;
-  - `features.load_split` itself on the whole split (all three modalities, no cache written).
+  - the per-file work of split loading with N threads, two ways:
+      before: the loader up to the eighth session, kept here as the reference: a new array per
+              file, the NaN/inf check on the (80, 2048) frames, the means in a temporary;
+      now:    `features._fill` (per-thread reused read buffer, means written in place, the check
+              on the (10, 2048) means); it must give the same bits, and this checks that it does;
+  - `features.load_split` itself on the whole train split (all three modalities, no cache written).
 """
 import argparse
 import os
@@ -47,11 +51,10 @@ def read_bytes(path):
     return buf.nbytes
 
 
-def timed(fn, items, threads):
+def seconds(fn):
     t = time.perf_counter()
-    with ThreadPoolExecutor(threads) as ex:
-        out = list(ex.map(fn, items))
-    return time.perf_counter() - t, out
+    fn()
+    return time.perf_counter() - t
 
 
 def main():
@@ -60,8 +63,10 @@ def main():
     p.add_argument("--train", type=int, default=10000)
     p.add_argument("--val", type=int, default=649)
     p.add_argument("--test", type=int, default=1200)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 4, 16, 32],
+    p.add_argument("--threads", type=int, nargs="+", default=[16, 4, 8],
                    help="thread counts to time (load_split uses min(16, cores))")
+    p.add_argument("--repeats", type=int, default=2, help="timings per thread count and page-cache state")
+    p.add_argument("--skip_read", action="store_true", help="leave out the raw-bytes timing")
     args = p.parse_args()
 
     data, feats = speed.make_data(Path(args.workdir), args.train, args.val, args.test)
@@ -69,24 +74,44 @@ def main():
     folder = str(feats / "res152")
     paths = [features.feature_path(folder, n) for n in names]
     shape = features.MODALITIES["video"][1]
-    arr = np.empty((len(names), 10, shape[1]), dtype=np.float32)  # (N, 10, 2048), as pool_frames
+    before = np.empty((len(names), 10, shape[1]), dtype=np.float32)  # (N, 10, 2048), as pool_frames
+    now = np.empty_like(before)
 
-    def work(i):  # what load_split does for one res152 file
-        arr[i] = features.segment_means(features.load_feature(folder, names[i], shape))
+    def before_one(i):  # the previous per-file work
+        before[i] = features.segment_means(features.load_feature(folder, names[i], shape))
+
+    def run_before(threads):
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(before_one, range(len(names))))
+
+    def run_read(threads):
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(read_bytes, paths))
+
+    def run_now(threads):
+        features._fill(now, folder, names, shape, True, "", False, workers=threads)
 
     gb = sum(os.path.getsize(q) for q in paths) / 1e9
-    print(f"{len(paths)} train res152 files, {gb:.2f} GB; cores {os.cpu_count()}")
+    print(f"{len(paths)} train res152 files, {gb:.2f} GB; cores {os.cpu_count()}; "
+          f"per-file work, seconds for all files (us per file)")
     features.load_feature(folder, names[0], shape)  # learn the .npy header once, as a run does
     for threads in args.threads:
         for state in ("cold", "warm"):
-            if state == "cold":
-                evict(paths)
-            s, _ = timed(read_bytes, paths, threads)
-            if state == "cold":
-                evict(paths)
-            w, _ = timed(work, range(len(paths)), threads)
-            print(f"threads {threads:3d}, page cache {state}: read only {s:6.2f} s ({gb / s:5.2f} GB/s) | "
-                  f"read + check + segment means {w:6.2f} s ({1e6 * w / len(paths):6.1f} us/file)", flush=True)
+            for r in range(args.repeats):
+                cells = []
+                if not args.skip_read:
+                    if state == "cold":
+                        evict(paths)
+                    s = seconds(lambda: run_read(threads))
+                    cells.append(f"read only {s:6.2f} s ({gb / s:5.2f} GB/s)")
+                for label, fn in (("before", run_before), ("now", run_now)):
+                    if state == "cold":
+                        evict(paths)
+                    w = seconds(lambda: fn(threads))
+                    cells.append(f"{label} {w:6.2f} s ({1e6 * w / len(paths):5.0f})")
+                print(f"threads {threads:3d}, page cache {state}, #{r + 1}: " + " | ".join(cells), flush=True)
+    same = np.array_equal(before.view(np.uint32), now.view(np.uint32))
+    print(f"before and now hold the same bits: {same}")
     dirs = features.modality_dirs(str(feats))
     for state in ("cold", "warm"):
         if state == "cold":
@@ -95,6 +120,8 @@ def main():
         features.load_split(dirs, names, progress=False, pool_frames=True, cache=False)
         print(f"features.load_split, train split, 3 modalities, no cache, page cache {state}: "
               f"{time.perf_counter() - t:.2f} s", flush=True)
+    if not same:
+        sys.exit("load_speed: the loader's rows differ from the reference")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from avvp import features
 
@@ -51,8 +52,6 @@ def test_load_split_values_pooling_and_cache(tmp_path):
 def test_known_header_fast_path_reads_the_same_arrays_and_keeps_every_check(tmp_path, monkeypatch):
     """After np.load has read one file, files with the same header are read without np.load; a
     truncated, padded or NaN file still gets np.load's handling or check_array's error."""
-    import pytest
-
     from avvp.utils import AVVPError
     monkeypatch.setattr(features, "_KNOWN_HEADERS", {})
     rng = np.random.default_rng(0)
@@ -136,3 +135,47 @@ def test_one_stat_per_file_feeds_the_missing_check_and_the_cache_key(tmp_path):
     before = features._cache_key(ok, False, fresh["st"])
     np.save(dirs["st"] / "vid00000004.npy", np.ones((10, 512), np.float64))  # rewritten: new size
     assert features._cache_key(ok, False, features.stat_files(dirs, ok)["st"]) != before
+
+
+def test_split_loading_reuses_read_buffers_and_gives_the_reference_bits(tmp_path):
+    """_fill reads each file into a per-thread buffer and pools straight into the split's array;
+    every row must hold the bits of reading that file on its own (load_feature, then
+    segment_means), for float16, float32 and float64 files alike, pooled or not."""
+    rng = np.random.default_rng(3)
+    names = [f"vid{i:08d}_0_10" for i in range(12)]
+    d = tmp_path / "res152"
+    d.mkdir()
+    dtypes = [np.float16, np.float32, np.float64]
+    for i, n in enumerate(names):
+        np.save(d / f"{n[:11]}.npy", (rng.standard_normal((80, 2048)) * 3).astype(dtypes[i % 3]))
+    shape = features.MODALITIES["video"][1]
+    want_full = np.stack([features.load_feature(str(d), n, shape) for n in names])  # (12, 80, 2048)
+    want_pooled = np.stack([features.segment_means(x) for x in want_full])          # (12, 10, 2048)
+    for pool, want in ((False, want_full), (True, want_pooled)):
+        got = np.empty(want.shape, np.float32)
+        features._fill(got, str(d), names, shape, pool, "test", False)
+        assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist(), f"pool={pool}"
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # the float32 sum below, on purpose
+def test_pooled_loading_refuses_nan_and_inf_frames_with_the_full_count(tmp_path):
+    """With pooling, the finite check runs on the segment means; a NaN or inf frame value must
+    still be refused, with the count of bad values in the file (not in the means), and finite
+    frames whose mean overflows pass as they did when the frames were checked."""
+    from avvp.utils import AVVPError
+    names = [f"vid{i:08d}_0_10" for i in range(3)]
+    d = tmp_path / "res152"
+    d.mkdir()
+    shape = features.MODALITIES["video"][1]
+    for n in names:
+        np.save(d / f"{n[:11]}.npy", np.ones(shape, np.float32))
+    out = np.empty((3, 10, 2048), np.float32)
+    bad = np.ones(shape, np.float32)
+    bad[3, 5], bad[4, 5], bad[70, 9] = np.inf, -np.inf, np.nan   # inf and -inf share a segment: mean NaN
+    np.save(d / "vid00000001.npy", bad)
+    with pytest.raises(AVVPError, match=r"vid00000001\.npy: 3 non-finite value\(s\)"):
+        features._fill(out, str(d), names, shape, True, "test", False)
+    huge = np.full(shape, np.finfo(np.float32).max, np.float32)   # finite; the float32 sum overflows
+    np.save(d / "vid00000001.npy", huge)
+    features._fill(out, str(d), names, shape, True, "test", False)
+    assert np.isinf(out[1]).all() and (out[[0, 2]] == 1).all()

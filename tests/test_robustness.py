@@ -159,11 +159,12 @@ def _npz(p):
     (_bad_shape, "audio", "shape (9, 128) (expected (10, 128))"),
     (_bad_dtype, "audio", "dtype int32"),
     (_nan, "audio", "1 non-finite value(s)"),
+    (_nan, "video", "1 non-finite value(s)"),   # res152: checked through its segment means (features._fill)
     (_inf, "st", "2 non-finite value(s)"),
     (_truncated, "video", "cannot read .npy"),
     (_garbage, "audio", "cannot read .npy"),
     (_npz, "audio", "not a .npy array"),
-], ids=["shape", "dtype", "nan", "inf", "truncated", "garbage", "npz"])
+], ids=["shape", "dtype", "nan", "nan-res152", "inf", "truncated", "garbage", "npz"])
 def test_bad_feature_file_is_a_one_line_error(mutable_llp, tmp_path, damage, modality, needle):
     name = llp.read_weak(mutable_llp.data / "AVVP_train.csv").filenames[7]
     victim = mutable_llp.feature_dir(modality) / (llp.video_id(name) + ".npy")
