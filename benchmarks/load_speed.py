@@ -1,20 +1,23 @@
 """Where the first run's load phase goes: reading the per-video files, or the work on them.
 
-    python benchmarks/load_speed.py                       # LLP scale (the data of speed.py)
+    python benchmarks/load_speed.py                       # LLP scale (the data of speed.py), res152
+    python benchmarks/load_speed.py --modality audio      # the 10,000 small vggish files
     python benchmarks/load_speed.py --train 2000 --val 100 --test 100 --threads 1 2
 
 The first run at LLP scale builds the packed cache from 35,547 per-video .npy files (7.7 GB).
 Its stage-1 load phase took 8.6-9.2 s on the eighth session's H200 machine (16 cores). From CPU
 time alone, reading the files in parallel with the per-file work should take about 1 s.
-This times the train split's res152 files (the bulk of the bytes) twice: once with the page
-cache emptied of them (posix_fadvise DONTNEED after a sync: no root needed), once with it full.
-It reports:
+This times one modality of the train split (res152 by default: the bulk of the bytes) twice:
+once with the page cache emptied of its files (posix_fadvise DONTNEED after a sync: no root
+needed), once with it full. It reports:
   - reading the raw bytes only, with N threads (the disk's or the page cache's rate);
   - the per-file work of split loading with N threads, two ways:
-      before: the loader up to the eighth session, kept here as the reference: a new array per
-              file, the NaN/inf check on the (80, 2048) frames, the means in a temporary;
-      now:    `features._fill` (per-thread reused read buffer, means written in place, the check
-              on the (10, 2048) means); it must give the same bits, and this checks that it does;
+      before: the loader up to the eighth session, kept here as the reference: one thread-pool
+              task and a new array per file; for res152, the NaN/inf check on the (80, 2048)
+              frames and the means in a temporary;
+      now:    `features._fill` (tasks of READ_CHUNK files, a per-thread reused read buffer; for
+              res152, the means written in place and checked there); it must give the same
+              bits, and this checks that it does;
   - `features.load_split` itself on the whole train split (all three modalities, no cache written).
 """
 import argparse
@@ -66,19 +69,23 @@ def main():
     p.add_argument("--threads", type=int, nargs="+", default=[16, 4, 8],
                    help="thread counts to time (load_split uses min(16, cores))")
     p.add_argument("--repeats", type=int, default=2, help="timings per thread count and page-cache state")
+    p.add_argument("--modality", default="video", choices=list(features.MODALITIES),
+                   help="which files: video = res152 (pooled, as the default frame_pool), audio = vggish, st = r2plus1d_18")
     p.add_argument("--skip_read", action="store_true", help="leave out the raw-bytes timing")
     args = p.parse_args()
 
     data, feats = speed.make_data(Path(args.workdir), args.train, args.val, args.test)
     names = llp.read_weak(data / llp.WEAK_FILES["train"]).filenames
-    folder = str(feats / "res152")
+    kind, shape = features.MODALITIES[args.modality]
+    folder = str(feats / kind)
     paths = [features.feature_path(folder, n) for n in names]
-    shape = features.MODALITIES["video"][1]
-    before = np.empty((len(names), 10, shape[1]), dtype=np.float32)  # (N, 10, 2048), as pool_frames
+    pool = args.modality == "video"
+    before = np.empty((len(names),) + ((10, shape[1]) if pool else shape), dtype=np.float32)  # (N, 10, 2048) pooled
     now = np.empty_like(before)
 
     def before_one(i):  # the previous per-file work
-        before[i] = features.segment_means(features.load_feature(folder, names[i], shape))
+        x = features.load_feature(folder, names[i], shape)
+        before[i] = features.segment_means(x) if pool else x
 
     def run_before(threads):
         with ThreadPoolExecutor(threads) as ex:
@@ -89,10 +96,10 @@ def main():
             list(ex.map(read_bytes, paths))
 
     def run_now(threads):
-        features._fill(now, folder, names, shape, True, "", False, workers=threads)
+        features._fill(now, folder, names, shape, pool, "", False, workers=threads)
 
     gb = sum(os.path.getsize(q) for q in paths) / 1e9
-    print(f"{len(paths)} train res152 files, {gb:.2f} GB; cores {os.cpu_count()}; "
+    print(f"{len(paths)} train {kind} files, {gb:.2f} GB; cores {os.cpu_count()}; "
           f"per-file work, seconds for all files (us per file)")
     features.load_feature(folder, names[0], shape)  # learn the .npy header once, as a run does
     for threads in args.threads:

@@ -137,10 +137,12 @@ def test_one_stat_per_file_feeds_the_missing_check_and_the_cache_key(tmp_path):
     assert features._cache_key(ok, False, features.stat_files(dirs, ok)["st"]) != before
 
 
-def test_split_loading_reuses_read_buffers_and_gives_the_reference_bits(tmp_path):
-    """_fill reads each file into a per-thread buffer and pools straight into the split's array;
-    every row must hold the bits of reading that file on its own (load_feature, then
-    segment_means), for float16, float32 and float64 files alike, pooled or not."""
+@pytest.mark.parametrize("chunk", [5, 64])  # 12 files: three tasks (the last one short), or one
+def test_split_loading_reuses_read_buffers_and_gives_the_reference_bits(tmp_path, monkeypatch, chunk):
+    """_fill reads files in tasks of READ_CHUNK, each into a per-thread buffer, and pools straight
+    into the split's array; every row must hold the bits of reading that file on its own
+    (load_feature, then segment_means), for float16, float32 and float64 files alike, pooled or not."""
+    monkeypatch.setattr(features, "READ_CHUNK", chunk)
     rng = np.random.default_rng(3)
     names = [f"vid{i:08d}_0_10" for i in range(12)]
     d = tmp_path / "res152"
@@ -179,3 +181,26 @@ def test_pooled_loading_refuses_nan_and_inf_frames_with_the_full_count(tmp_path)
     np.save(d / "vid00000001.npy", huge)
     features._fill(out, str(d), names, shape, True, "test", False)
     assert np.isinf(out[1]).all() and (out[[0, 2]] == 1).all()
+
+
+def test_a_bad_file_stops_the_split_without_reading_the_rest(tmp_path, monkeypatch):
+    """The first bad file raises, naming itself, and the tasks not yet started are cancelled: a
+    NaN in the first of 1,000 files must not cost reading the other 999."""
+    from avvp.utils import AVVPError
+    names = [f"vid{i:08d}_0_10" for i in range(1000)]
+    d = tmp_path / "vggish"
+    d.mkdir()
+    x = np.zeros((10, 128), np.float32)
+    for n in names:
+        np.save(d / f"{n[:11]}.npy", x)
+    x[2, 3] = np.nan
+    np.save(d / "vid00000000.npy", x)
+    reads, real = [], features.load_feature
+
+    def counting(*a, **k):
+        reads.append(a[1])
+        return real(*a, **k)
+    monkeypatch.setattr(features, "load_feature", counting)
+    with pytest.raises(AVVPError, match=r"vid00000000\.npy: 1 non-finite value"):
+        features._fill(np.empty((1000, 10, 128), np.float32), str(d), names, (10, 128), False, "t", False, workers=2)
+    assert len(reads) <= 4 * features.READ_CHUNK, len(reads)   # 2 running tasks, not all 16
