@@ -172,6 +172,14 @@ def segment_means(video, out=None):
     return video.reshape(video.shape[:-2] + (10, FRAMES_PER_SEGMENT, video.shape[-1])).mean(-2, out=out)
 
 
+# Files per reader task. A thread-pool task per file cost more than reading a small file: on the
+# 2-core CPU, LLP's 10,000 train vggish files (5 KB each, in the page cache) took 114-117 us per
+# file on 2 threads as one task and one new array per file, 62-79 us in tasks of 64 with reused
+# buffers (benchmarks/load_speed.py --modality audio). The whole train split, three modalities,
+# pooled: 4.3 -> 3.0 s from memory, 11.0-12.1 -> 8.8-10.9 s from disk.
+READ_CHUNK = 64
+
+
 def _fill(arr, folder, filenames, shape, pool, desc, progress, workers=None):
     """Read every video's file into arr[i], with as many reader threads as cores, up to 16 (file
     reads release the GIL; `workers` sets another number, for benchmarks/load_speed.py); errors
@@ -209,14 +217,6 @@ def _fill(arr, folder, filenames, shape, pool, desc, progress, workers=None):
         # results in submission order; on the first error, map cancels the tasks not yet started
         for done in ex.map(chunk, range(0, n, READ_CHUNK)):
             bar.update(done)
-
-
-# Files per reader task. A thread-pool task per file cost more than reading a small file: on the
-# 2-core CPU, LLP's 10,000 train vggish files (5 KB each, in the page cache) took 114-117 us per
-# file on 2 threads as one task and one new array per file, 62-79 us in tasks of 64 with reused
-# buffers (benchmarks/load_speed.py --modality audio). The whole train split, three modalities,
-# pooled: 4.3 -> 3.0 s from memory, 11.0-12.1 -> 8.8-10.9 s from disk.
-READ_CHUNK = 64
 
 
 def _cache_key(filenames, pool, stats):
