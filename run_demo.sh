@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job: the three stages on the embedded synthetic LLP default, with the seed's commands.
-#   bash run_demo.sh            default synthetic set in data/ and feats/ (made first if data/ has no label files)
+#   bash run_demo.sh            default synthetic set in data/ and feats/ (made first when data/ has none)
 #   bash run_demo.sh --quick    tiny set under runs/quick/, 1 epoch per stage (smoke run, ~1 min)
 set -euo pipefail
 cd "$(dirname "$0")"
-python -c "import avvp, torch, pandas, sklearn, tqdm" 2>/dev/null || python -m pip install -q -r requirements.txt
+python -c "import avvp, torch, pandas, tqdm" 2>/dev/null || python -m pip install -q -r requirements.txt
 
 if [ "${1:-}" = "--quick" ]; then
   root=$(pwd)/runs/quick; data=$root/data; feats=$root/feats
@@ -21,7 +21,10 @@ if [ "${1:-}" = "--quick" ]; then
   exit 0
 fi
 
-[ -f data/AVVP_train.csv ] || python -m avvp.synth --data_dir data --feats_dir feats
+# the default synthetic set, made when data/ has none (or an older one); real LLP files are kept
+if python -c "import sys; from avvp import synth; sys.exit(0 if synth.needs_default('data') else 1)"; then
+  python -m avvp.synth --data_dir data --feats_dir feats
+fi
 (cd step1_train_base_model && python main_avvp.py --mode train --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)
 (cd step2_find_exchange && python main_avvp.py --mode estimate_labels --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)
 (cd step3_retrain && python main_avvp.py --mode retrain --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)

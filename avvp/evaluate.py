@@ -28,10 +28,11 @@ import sys
 import warnings
 
 import numpy as np
+import pandas as pd
 
 from . import llp
 from .llp import CLASSES, NUM_CLASSES, NUM_SEGMENTS
-from .utils import AVVPError, cli
+from .errors import AVVPError, cli
 
 KEYS = ("seg_a", "seg_v", "seg_av", "seg_type", "seg_event",
         "evt_a", "evt_v", "evt_av", "evt_type", "evt_event")
@@ -217,7 +218,6 @@ def per_class_segment_f(pred_a, pred_v, gt_a, gt_v):
         denom = 2 * tp + fp + fn
         with np.errstate(invalid="ignore", divide="ignore"):
             cols[key] = np.where(denom > 0, 100.0 * 2 * tp / denom, np.nan)
-    import pandas as pd  # parse mode's per-class table; pandas stays off the training stages' imports
     return pd.DataFrame(cols, index=pd.Index(CLASSES, name="class"))
 
 

@@ -132,22 +132,10 @@ def contrastive_loss(audio_feat, visual_input, temperature=0.2, smoothing=0.1, f
     return -torch.log((target * torch.softmax(logits, dim=-1)).sum(-1)).mean()
 
 
-_TARGETS = {}
-
-
 def contrastive_target(t, smoothing, like):
-    """(T, T) target: 1 - smoothing on the diagonal, smoothing / (T - 1) elsewhere.
-
-    Built once per (T, smoothing, dtype, device) and reused: the same values every step, without
-    its 3-4 kernel launches in every training step (the CUDA graph replays every launch it
-    captured). Read-only: callers never write into it."""
-    key = (t, float(smoothing), like.dtype, like.device)
-    target = _TARGETS.get(key)
-    if target is None:
-        off = smoothing / (t - 1)
-        eye = torch.eye(t, dtype=like.dtype, device=like.device)
-        target = _TARGETS[key] = eye * (1.0 - smoothing - off) + off
-    return target
+    """(T, T) target: 1 - smoothing on the diagonal, smoothing / (T - 1) elsewhere."""
+    off = smoothing / (t - 1)
+    return torch.eye(t, dtype=like.dtype, device=like.device) * (1.0 - smoothing - off) + off
 
 
 def mmil_loss(out, target_video, target_audio, target_visual, contrastive_weight=1.0,
@@ -166,3 +154,9 @@ def mmil_loss(out, target_video, target_audio, target_visual, contrastive_weight
         nce = contrastive_loss(out.audio_feat, out.visual_input, temperature, smoothing, form)
         loss = loss + contrastive_weight * nce
     return loss, nce
+
+
+def loss_options(args):
+    """mmil_loss's keyword arguments from a training stage's own method flags."""
+    return {"contrastive_weight": args.contrastive_weight, "temperature": args.temperature,
+            "smoothing": args.contrastive_smoothing, "form": args.contrastive_form}

@@ -21,9 +21,15 @@ import sys
 
 import numpy as np
 
-from . import engine, features, llp
+import pandas as pd
+
+from . import features, llp
 from . import evaluate as llp_eval
-from .utils import AVVPError, atomic_path
+from .checkpoints import checkpoint_path, load_stage_checkpoint
+from .data import feature_dirs, load_split, read_eval_truth
+from .errors import AVVPError
+from .files import atomic_path
+from .predict import predict, write_metrics
 
 PRED_FILES = {"audio": "pred_audio.csv", "visual": "pred_visual.csv"}
 PROBS_FILE = "video_probs.csv"
@@ -56,7 +62,7 @@ def parse_dirs(args):
     """Feature folders of --parse_dir: DIR/<vggish|res152|r2plus1d_18>, or the --*_dir flags."""
     if args.parse_dir:
         return features.modality_dirs(args.parse_dir)
-    return engine.feature_dirs(args)
+    return feature_dirs(args)
 
 
 def video_ids(dirs):
@@ -81,7 +87,7 @@ def load_dir_split(args, device):
     dirs = parse_dirs(args)
     ids = video_ids(dirs)
     args = argparse.Namespace(**dict(vars(args), audio_dir=dirs["audio"], video_dir=dirs["video"], st_dir=dirs["st"]))
-    return engine.load_split(args, f"--parse_dir {' '.join(dirs.values())}", device, name="parse", filenames=ids)
+    return load_split(args, f"--parse_dir {' '.join(dirs.values())}", device, name="parse", filenames=ids)
 
 
 def attach_truth(args, split):
@@ -91,7 +97,7 @@ def attach_truth(args, split):
     """
     if not (os.path.isfile(args.eval_audio) and os.path.isfile(args.eval_visual)):
         return 0
-    events = engine.read_eval_truth(args)
+    events = read_eval_truth(args)
     named = set(events[0]["filename"]) | set(events[1]["filename"])
     covered = sum(f in named for f in split.filenames)
     if covered:
@@ -104,7 +110,7 @@ def load_input(args, device):
     if args.parse_dir is not None:
         return load_dir_split(args, device)
     label = args.parse_label or args.label_test
-    split = engine.load_split(args, label, device, name="parse")  # reads and checks the label file first
+    split = load_split(args, label, device, name="parse")  # reads and checks the label file first
     covered, n = attach_truth(args, split), len(split)
     if covered == 0:
         print(f"note: {args.eval_audio} / {args.eval_visual} name no video of {label}: parsing without scoring")
@@ -117,7 +123,7 @@ def load_input(args, device):
 # ----------------------------------------------------------------------------- tables
 
 def event_tables(pred_a, pred_v, filenames):
-    """(N, 25, 10) 0/1 audio and visual predictions -> dict audio/visual -> LLP eval-format llp.Table."""
+    """(N, 25, 10) 0/1 audio and visual predictions -> dict audio/visual -> eval-format DataFrame."""
     return {"audio": llp.events_table(pred_a, filenames), "visual": llp.events_table(pred_v, filenames)}
 
 
@@ -128,7 +134,7 @@ def probs_table(probs, filenames):
             "class": np.tile(np.asarray(llp.CLASSES, dtype=object), n)}
     for key in ("video_prob", "audio_prob", "visual_prob"):
         cols[key] = np.round(probs[key].reshape(-1).astype(np.float64), 6)
-    return llp.Table(cols)
+    return pd.DataFrame(cols)
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -136,7 +142,7 @@ def probs_table(probs, filenames):
 def run(args, stage, model, device, hint=None):
     """--mode parse: checkpoint -> predictions -> files in args.parse_out (and pictures).
 
-    Returns a dict: filenames, probs (engine.predict's), pred_a / pred_v (N, 25, 10) uint8, tables,
+    Returns a dict: filenames, probs (predict's), pred_a / pred_v (N, 25, 10) uint8, tables,
     metrics and per_class (None without truth), paths written.
     """
     if args.plot < 0:
@@ -145,14 +151,14 @@ def run(args, stage, model, device, hint=None):
         raise AVVPError("--parse_dir and --parse_label exclude each other (a folder of features, or a label file)")
     if args.plot:
         require_matplotlib()                          # fail before minutes of loading, not after
-    ckpt = engine.load_stage_checkpoint(args, model, hint)
+    ckpt = load_stage_checkpoint(args, model, hint)
     split = load_input(args, device)
-    probs = engine.predict(model, split, args.eval_batch_size)      # (N, 25) probs, frame_prob (N, 10, 2, 25)
-    res = write_outputs(args.parse_out, split, probs, extra={"stage": stage, "checkpoint": engine.checkpoint_path(args),
+    probs = predict(model, split, args.eval_batch_size)      # (N, 25) probs, frame_prob (N, 10, 2, 25)
+    res = write_outputs(args.parse_out, split, probs, extra={"stage": stage, "checkpoint": checkpoint_path(args),
                                                              "epoch": ckpt.get("epoch")})
     if res["metrics"] is not None:
         print(llp_eval.format_table(res["metrics"], title=f"{stage}: {split.path} ({len(split)} videos), "
-                                                          f"{engine.checkpoint_path(args)}"))
+                                                          f"{checkpoint_path(args)}"))
         print(format_per_class(res["per_class"]))
     if args.plot:
         res["paths"] += plot_all(args.parse_out, split, probs, res["pred_a"], res["pred_v"], res["per_class"],
@@ -183,7 +189,7 @@ def write_outputs(out_dir, split, probs, extra=None):
         paths.append(os.path.join(out_dir, PER_CLASS_FILE))
         llp.write_tsv(per_class.round(4).reset_index(), paths[-1])
         paths.append(os.path.join(out_dir, METRICS_FILE))
-        engine.write_metrics(paths[-1], metrics, dict(extra or {}, label=split.path, videos=len(split)))
+        write_metrics(paths[-1], metrics, dict(extra or {}, label=split.path, videos=len(split)))
     return {"filenames": split.filenames, "probs": probs, "pred_a": pred_a, "pred_v": pred_v, "tables": tables,
             "metrics": metrics, "per_class": per_class, "paths": paths}
 

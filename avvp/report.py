@@ -8,7 +8,7 @@ import math
 import os
 
 from .evaluate import KEYS, format_table
-from .utils import AVVPError, cli
+from .errors import AVVPError, cli
 
 
 def normalisation_is_undefined(scale):
@@ -45,8 +45,9 @@ def main(argv=None):
     p.add_argument("--stage2", default="step2_find_exchange/outputs", help="stage 2 output_dir")
     p.add_argument("--stage3", default="step3_retrain/models", help="stage 3 model_save_dir")
     a = p.parse_args(argv)
+    tables = {}
     for name, d in (("stage 1 (base model)", a.stage1), ("stage 3 (retrained, MA)", a.stage3)):
-        m = read_json(os.path.join(d, "test_metrics.json"))
+        tables[name] = m = read_json(os.path.join(d, "test_metrics.json"))
         print(format_table({k: m[k] for k in KEYS}, title=f"{name}: test set"))
     meta = read_json(os.path.join(a.stage2, "estimate_meta.json"))
     print(f"stage 2: dropped {meta['dropped_audio']} audio and {meta['dropped_visual']} visual labels "
@@ -59,6 +60,10 @@ def main(argv=None):
             continue
         print(f"stage 2 dropped {kind} labels: precision {precision_text(q)}, recall {q['recall']:.3f} "
               f"(base rate {q['base_rate']:.3f})")
+    s1, s3 = tables.values()
+    print("stage 3 against stage 1, segment level: " + ", ".join(
+        f"{name} {s1[k]:.2f} -> {s3[k]:.2f} ({s3[k] - s1[k]:+.2f})" for name, k in
+        (("V", "seg_v"), ("AV", "seg_av"), ("Type@AV", "seg_type"))))
 
 
 if __name__ == "__main__":

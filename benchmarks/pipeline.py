@@ -27,7 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from avvp import engine, llp, synth  # noqa: E402
+from avvp import llp, synth  # noqa: E402
+from avvp.config import path_args  # noqa: E402
 from avvp.evaluate import KEYS  # noqa: E402
 
 NAMES = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type", "seg_event": "seg Event",
@@ -67,15 +68,15 @@ def main():
     p.add_argument("--runs", nargs="+", choices=["HAN", "stage1", "stage3", "oracle"],
                    default=["HAN", "stage1", "stage3", "oracle"], help="which runs (stage3 includes stage 1 and 2)")
     p.add_argument("--stage_args", default="",
-                   help="extra flags for every stage, e.g. '--fused_adam --stack_modalities' (use its own --workdir)")
+                   help="extra flags for the training stages, e.g. '--fused_adam on' (use its own --workdir)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipeline"))
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
     if not (data / llp.WEAK_FILES["train"]).is_file():
         synth.generate(data, feats)
     work.mkdir(parents=True, exist_ok=True)
-    paths = [*engine.path_args(data, feats), "--no_progress", "--device", a.device,
-             "--epochs", str(a.epochs), *a.stage_args.split()]
+    paths = [*path_args(data, feats), "--no_progress", "--device", a.device]
+    training = ["--epochs", str(a.epochs), *a.stage_args.split()]  # stage 2 trains nothing
     runs = set(a.runs) | ({"stage1"} if "stage3" in a.runs else set())
     oracle = work / "oracle_labels.csv"
     oracle_csv(data, oracle)
@@ -87,7 +88,8 @@ def main():
     with open(work / "log.txt", "w") as log:
         for s in a.seeds:
             w = work / f"seed{s}"
-            sp = [*paths, "--seed", str(s)]
+            s2 = [*paths, "--seed", str(s)]
+            sp = [*s2, *training]
             t0 = time.perf_counter()
             ran = 0.0  # seconds spent in stages actually run for this seed (0: all were done already)
             truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
@@ -100,7 +102,7 @@ def main():
                 ran += stage("step1_train_base_model", ["--mode", "train", *sp, "--model_save_dir", f"{w}/stage1"], log,
                       w / "stage1" / "test_metrics.json")
             if "stage3" in runs:
-                ran += stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/stage1",
+                ran += stage("step2_find_exchange", ["--mode", "estimate_labels", *s2, "--model_save_dir", f"{w}/stage1",
                                               "--output_dir", f"{w}/stage2", *truth], log,
                       w / "stage2" / "estimate_meta.json")
                 ran += stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/stage3",
@@ -110,7 +112,7 @@ def main():
                 ran += stage("step3_retrain", ["--mode", "retrain", *sp, "--model_save_dir", f"{w}/oracle",
                                         "--label_ma", str(oracle)], log, w / "oracle" / "test_metrics.json")
             if a.extras:
-                ran += stage("step2_find_exchange", ["--mode", "estimate_labels", *sp, "--model_save_dir", f"{w}/han",
+                ran += stage("step2_find_exchange", ["--mode", "estimate_labels", *s2, "--model_save_dir", f"{w}/han",
                                               "--output_dir", f"{w}/stage2_han", *truth], log,
                       w / "stage2_han" / "estimate_meta.json")
                 ran += stage("step3_retrain", ["--mode", "retrain", *sp, *no_c, "--model_save_dir", f"{w}/labels_only",
@@ -134,7 +136,7 @@ def main():
                 if f.is_file():
                     qs[s] = json.loads(f.read_text())["quality"]
 
-    lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / llp.WEAK_FILES['train']))} train videos), test split; mean +- std over seeds {a.seeds}; "
+    lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / llp.WEAK_FILES['train']).filenames)} train videos), test split; mean +- std over seeds {a.seeds}; "
              f"{a.epochs} epochs, last epoch, batch 16; stage flags: {a.stage_args or '(defaults)'}.", "",
              "| method | " + " | ".join(NAMES[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     summary = {}

@@ -25,11 +25,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from avvp import engine, llp, synth  # noqa: E402
-from avvp.model import MMIL_Net, mmil_loss  # noqa: E402
-from avvp.utils import PhaseClock, resolve_device  # noqa: E402
+import pandas as pd  # noqa: E402
 
-import precompile  # noqa: E402  (benchmarks/, next to this script)
+from avvp import llp, synth  # noqa: E402
+from avvp.config import path_args, resolve_device  # noqa: E402
+from avvp.model import MMIL_Net, mmil_loss  # noqa: E402
+from avvp.timing import PhaseClock  # noqa: E402
 
 
 def make_data(work, n_train, n_val, n_test, seed=0):
@@ -60,20 +61,21 @@ def make_data(work, n_train, n_val, n_test, seed=0):
             np.save(feats / "r2plus1d_18" / f"{vid}.npy", r.standard_normal((10, 512), dtype=np.float32))
         with ThreadPoolExecutor(os.cpu_count()) as ex:
             list(ex.map(write, range(n)))
-    llp.write_tsv(llp.Table.concat(events_a), data / llp.EVAL_FILES["audio"])
-    llp.write_tsv(llp.Table.concat(events_v), data / llp.EVAL_FILES["visual"])
+    llp.write_tsv(pd.concat(events_a), data / llp.EVAL_FILES["audio"])
+    llp.write_tsv(pd.concat(events_v), data / llp.EVAL_FILES["visual"])
     marker.touch()
     return data, feats
 
 
 def run_pipeline(data, feats, work, args):
-    common = engine.path_args(data, feats) + ["--no_progress", "--device", args.device,
-                                              "--feature_cache", args.feature_cache] + (["--no-graph"] if args.no_graph else []) + args.stage_args.split()
+    common = path_args(data, feats) + ["--no_progress", "--device", args.device, "--feature_cache", args.feature_cache]
+    train_flags = (["--graph", "off"] if args.no_graph else []) + args.stage_args.split()
     ep = ["--epochs", str(args.epochs)] if args.epochs is not None else []
-    stages = [("stage1", "step1_train_base_model", ["--mode", "train", *ep, "--model_save_dir", f"{work}/m1"]),
+    stages = [("stage1", "step1_train_base_model", ["--mode", "train", *ep, *train_flags,
+                                                    "--model_save_dir", f"{work}/m1"]),
               ("stage2", "step2_find_exchange", ["--mode", "estimate_labels", "--model_save_dir", f"{work}/m1",
                                                  "--output_dir", f"{work}/s2"]),
-              ("stage3", "step3_retrain", ["--mode", "retrain", *ep, "--model_save_dir", f"{work}/m3",
+              ("stage3", "step3_retrain", ["--mode", "retrain", *ep, *train_flags, "--model_save_dir", f"{work}/m3",
                                            "--label_ma", f"{work}/s2/modality_aware_labels.csv"])]
     res = {}
     for name, folder, extra in stages:
@@ -139,7 +141,7 @@ def baseline_epoch(data, feats, device, max_batches=None, workers=None):
 
 
 LLP_SCALE = (10000, 649, 1200)  # train / val / test videos
-TARGET_S = 40.0  # three stages, 12 + 12 epochs, loading included (README "How fast?")
+TARGET_S = 40.0  # three stages, 12 + 12 epochs, loading included (docs/PERFORMANCE.md)
 
 
 def main():
@@ -156,15 +158,13 @@ def main():
     p.add_argument("--skip_cold", action="store_true", help="only the run with a packed cache")
     p.add_argument("--skip_warm", action="store_true", help="only the run that builds the packed cache")
     p.add_argument("--skip_baseline", action="store_true", help="no per-file baseline epoch")
-    p.add_argument("--stage_args", default="", help="extra flags for every stage, e.g. '--fused_adam off --stack_modalities'")
+    p.add_argument("--stage_args", default="", help="extra flags for the training stages, e.g. '--fused_adam off --stack_modalities'")
     args = p.parse_args()
     work = Path(args.workdir)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     data, feats = make_data(work, args.train, args.val, args.test)
     print(f"data: {args.train}/{args.val}/{args.test} videos in {work} ({time.perf_counter() - t0:.1f}s to make)")
-    sources = precompile.stage_sources()  # no bytecode installed costs every stage process its start-up again
-    print(precompile.summary(sources, [s for s in sources if not precompile.is_current(*s)]))
     hdr = (f"{'run':14s} {'stage1':>8s} {'stage2':>8s} {'stage3':>8s} {'total':>8s} {'epoch':>7s} "
            f"{'1st ep':>7s} {'val':>6s}  peak memory (stage 3)")
 

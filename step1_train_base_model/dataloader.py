@@ -1,13 +1,9 @@
-"""Stage 1's data: the three LLP splits on the device and the weak-label training targets."""
-from avvp import engine
+"""Stage 1's training targets, from the weak labels alone."""
+import numpy as np
 
 
-def load_data(args, device, train=True):
-    """train split (weak labels only) and val/test splits with dense truth."""
-    train_split = engine.load_split(args, args.label_train, device, name="train") if train else None
-    return (train_split, *engine.load_eval_splits(args, device))
-
-
-def targets(split, args):
-    """(video, audio, visual) targets (N, 25): y, y and the smoothed visual target 0.9 y + 0.05."""
-    return engine.weak_targets(split.labels, args.visual_smoothing)
+def targets(labels, visual_smoothing):
+    """(video, audio, visual) targets (N, 25) from weak labels y (N, 25): y, y and the smoothed
+    visual target (1 - s) y + s / 2 (released: 0.9 y + 0.05)."""
+    y = np.asarray(labels, dtype=np.float32)
+    return y, y.copy(), (1.0 - visual_smoothing) * y + visual_smoothing / 2.0

@@ -1,42 +1,47 @@
-"""Stage 1: train the base model (HAN + MMIL pooling + audio-visual contrastive loss).
+"""Stage 1: train the base model (HAN + MMIL pooling + audio-visual contrastive loss) on weak labels.
 
     python main_avvp.py --mode train --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
     python main_avvp.py --mode test      # evaluate models/MMIL_Net.pt on the test split
     python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
+
+Ablations: edit the defaults of the "stage 1 method" group below (or pass the flags).
 """
-import gc
+from avvp import data, stage, training
+from avvp.checkpoints import checkpoint_path
+from avvp.config import add_loss_args
+from avvp.errors import cli
 
-if __name__ == "__main__":  # run as a program: no collector passes while torch is imported (~0.3 s);
-    gc.disable()            # run_program freezes what the imports built and turns the collector back on
-
-from avvp import engine  # noqa: E402
-from avvp.utils import cli, run_program  # noqa: E402
-
-import dataloader  # noqa: E402
-import model as stage_model  # noqa: E402
+import dataloader
+import model as stage_model
 
 STAGE = "stage1"
 
 
 def get_args(argv=None):
-    p = engine.stage_parser(__doc__, train_mode="train")
-    return engine.parse_args(p, argv)
+    p = stage.stage_parser(__doc__, train_mode="train")
+    g = p.add_argument_group("stage 1 method (the released recipe; edit these defaults for ablations)")
+    # contrastive_weight 0 gives the HAN baseline
+    add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
+                  visual_smoothing=0.1)
+    return p.parse_args(argv)
 
 
 @cli
 def main(argv=None):
     args = get_args(argv)
-    started = engine.start_stage(args, STAGE, stage_model.MMIL_Net, train_mode="train")
+    started = stage.start_stage(args, STAGE, stage_model.MMIL_Net, train_mode="train")
     if started is None:  # --mode val | test | parse has run
         return
     device, net = started
-    train, val, test = dataloader.load_data(args, device)
-    trainer = engine.Trainer(args, net, train, dataloader.targets(train, args), device)
+    train = data.load_split(args, args.label_train, device, name="train")
+    val, test = data.load_eval_splits(args, device)
+    trainer = training.Trainer(args, net, train, dataloader.targets(train.labels, args.visual_smoothing), device,
+                               stage_model.loss_options(args))
     print(f"stage 1: {len(train)} train / {len(val)} val / {len(test)} test videos, "
           f"{args.epochs} epochs, contrastive weight {args.contrastive_weight}")
-    engine.fit(args, trainer, val, test, STAGE, device)
-    print(f"saved {engine.checkpoint_path(args)}")
+    training.fit(args, trainer, val, test, STAGE, device)
+    print(f"saved {checkpoint_path(args)}")
 
 
 if __name__ == "__main__":
-    run_program(main, fast_exit=True)
+    main()

@@ -1,6 +1,3 @@
-"""Stage 1's model: HAN + attentive MMIL pooling trained with MA's contrastive term.
-
-The network and losses live once in the shared package (avvp/model.py); this stage uses them as
-they are. `--contrastive_weight 0` turns stage 1 into the HAN baseline.
-"""
-from avvp.model import MMIL_Net, contrastive_loss, mmil_loss  # noqa: F401  (re-exported for this stage)
+"""Stage 1's model: HAN + attentive MMIL pooling (avvp/model.py), trained on the weak labels with
+MA's contrastive term; `--contrastive_weight 0` makes it the HAN baseline."""
+from avvp.model import MMIL_Net, loss_options  # noqa: F401  (main_avvp.py builds and trains these)

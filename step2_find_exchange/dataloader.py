@@ -4,8 +4,11 @@ import os
 
 import numpy as np
 
-from avvp import engine, llp
-from avvp.utils import AVVPError
+from avvp import llp
+from avvp.errors import AVVPError
+
+
+TRUTH_COVERAGE = 0.9  # share of train videos the train truth must describe (the rest: noise-only labels)
 
 
 def label_bits(labels):
@@ -41,27 +44,28 @@ def pick_partners(labels, seed, filenames=None, max_rounds=64):
     return partner
 
 
-def load_train(args, device):
-    return engine.load_split(args, args.label_train, device, name="train")
-
-
 def load_truth(args, filenames):
     """Dense (N, 25, 10) audio and visual truth of train videos, or None when there is none to score against.
 
     None when the truth files are absent (real LLP has no train truth), and also, with a note,
-    when they do not describe every train video: every train video has a weak label, so it has
-    an event in one of the two files, and one that has none is from another set (the demo's
-    synthetic truth left in ../data while training on other data, say). Scored against such
-    files, every label would count as truly absent and every drop as right.
+    when they are not the truth of this train split: some video they describe is not in it, or
+    they describe fewer than TRUTH_COVERAGE of its videos (a video whose only labels are noise
+    has no event in either file). Scored against another set's files (the demo's synthetic truth
+    left in ../data while training on other data, say), every label would count as truly absent
+    and every drop as right.
     """
     paths = (args.train_truth_audio, args.train_truth_visual)
     if not all(os.path.isfile(p) for p in paths):
         return None
     events = [llp.read_dense(p) for p in paths]
     described = set(events[0]["filename"].tolist()) | set(events[1]["filename"].tolist())
-    missing = [f for f in filenames if f not in described]
-    if missing:
-        print(f"note: dropped labels not scored: the train truth ({paths[0]}, {paths[1]}) describes "
-              f"{len(filenames) - len(missing)} of the {len(filenames)} train videos ({missing[0]} is not in it)")
+    train = set(filenames)
+    foreign = sorted(described - train)
+    covered = len(described & train)
+    if foreign or covered < TRUTH_COVERAGE * len(train):
+        why = (f"{foreign[0]} is not a train video" if foreign else
+               f"it describes {covered} of the {len(train)} train videos")
+        print(f"note: dropped labels not scored: the train truth ({paths[0]}, {paths[1]}) is not that of "
+              f"this train split ({why})")
         return None
     return tuple(llp.dense_matrix(e, filenames) for e in events)

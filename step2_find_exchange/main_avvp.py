@@ -7,41 +7,42 @@ class, runs the frozen model on the original, visual-swapped and audio-swapped i
 writes `outputs/modality_aware_labels.csv` (read by stage 3), `outputs/dropped_labels.csv`
 (the swap probabilities behind each dropped label) and `outputs/estimate_meta.json`.
 """
-import gc
+import json
+import os
 
-if __name__ == "__main__":  # run as a program: no collector passes while torch is imported (~0.3 s);
-    gc.disable()            # run_program freezes what the imports built and turns the collector back on
+import numpy as np
+import pandas as pd
 
-import json  # noqa: E402
-import os  # noqa: E402
+from avvp import config, data, llp, report
+from avvp.checkpoints import checkpoint_path
+from avvp.config import number
+from avvp.errors import cli
+from avvp.files import atomic_group, atomic_write_text, ensure_writable_dir
+from avvp.timing import clock
 
-import numpy as np  # noqa: E402
-
-from avvp import engine, llp, report  # noqa: E402
-from avvp.utils import atomic_group, atomic_write_text, cli, clock, ensure_writable_dir, run_program  # noqa: E402
-
-import dataloader  # noqa: E402
-import model as stage_model  # noqa: E402
+import dataloader
+import model as stage_model
 
 
 def get_args(argv=None):
-    p = engine.argparser(__doc__)
+    p = config.ArgumentParser(description=__doc__)
     p.add_argument("--mode", choices=["estimate_labels"], default="estimate_labels", help="what to do")
-    engine.add_common_args(p, epochs=0)
+    config.add_common_args(p, training=False)
     p.set_defaults(model_save_dir="../step1_train_base_model/models/")
-    g = p.add_argument_group("stage 2")
+    g = p.add_argument_group("stage 2 method (the released rule; edit these defaults for ablations)")
     g.add_argument("--error_scale", choices=["class", "none"], default="class",
                    help="class: thresholds scaled by stage 1's per-class train error / its max (released); "
                         "none: a fixed threshold of --threshold_factor for every class")
-    g.add_argument("--threshold_factor", type=float, default=0.5,
+    g.add_argument("--threshold_factor", type=number(0), default=0.5,
                    help="drop a label when both swapped probs fall below factor * normalised class error")
+    g = p.add_argument_group("stage 2 files")
     g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
     g.add_argument("--output", default="modality_aware_labels.csv", help="label CSV name (stage 3 reads it)")
     g.add_argument("--train_truth_audio", default="../data/synthetic_train_eval_audio.csv",
                    help="dense audio truth of train videos (synthetic data only); scored when present")
     g.add_argument("--train_truth_visual", default="../data/synthetic_train_eval_visual.csv",
                    help="dense visual truth of train videos (synthetic data only); scored when present")
-    return engine.parse_args(p, argv)
+    return p.parse_args(argv)
 
 
 def drop_quality(drop, weak, truth_present):
@@ -63,7 +64,7 @@ def evidence_table(filenames, partner, orig, vis_swapped, aud_swapped, drop_a, d
     parts = []
     for kind, drop, swapped, thr in (("audio", drop_a, vis_swapped, thr_a), ("visual", drop_v, aud_swapped, thr_v)):
         vi, ci = np.nonzero(drop)
-        parts.append(llp.Table({
+        parts.append(pd.DataFrame({
             "filename": names[vi], "event_label": classes[ci], "dropped": np.full(len(vi), kind, dtype=object),
             "partner": names[partner[vi]],
             "swapped": np.full(len(vi), "visual" if kind == "audio" else "audio", dtype=object),
@@ -72,7 +73,7 @@ def evidence_table(filenames, partner, orig, vis_swapped, aud_swapped, drop_a, d
             "audio_prob_original": orig["audio_prob"][vi, ci].round(6),
             "visual_prob_original": orig["visual_prob"][vi, ci].round(6),
             "threshold": thr[ci].round(6)}))
-    return llp.Table.concat(parts)
+    return pd.concat(parts, ignore_index=True)
 
 
 def count_lines(weak, drop_a, drop_v, a_class, v_class):
@@ -91,19 +92,18 @@ def count_lines(weak, drop_a, drop_v, a_class, v_class):
 @cli
 def main(argv=None):
     args = get_args(argv)
-    device = engine.setup(args)
+    device = config.setup(args)
     ensure_writable_dir(args.output_dir, "--output_dir")  # fail before any work
-    ckpt_path = engine.checkpoint_path(args)
+    ckpt_path = checkpoint_path(args)
     with clock("load"):
         net, ckpt = stage_model.load_frozen(ckpt_path, args, device)
     args.frame_pool = net.frame_pool
     print(f"stage 2: loaded {ckpt_path} (stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')})")
-    train = dataloader.load_train(args, device)
+    train = data.load_split(args, args.label_train, device, name="train")
     weak = train.labels
     with clock("swap passes"):
         partner = dataloader.pick_partners(weak, args.seed, train.filenames)
-        orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size,
-                                                graph=engine.use_eval_graph(args, train))
+        orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
         drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
                                                                      args.error_scale)
     print(f"swapped passes over {len(train)} videos in {clock.last:.2f}s")
@@ -143,4 +143,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_program(main, fast_exit=True)
+    main()

@@ -7,8 +7,9 @@ visual track never showed c, and vice versa.
 import numpy as np
 import torch
 
-from avvp import engine
+from avvp.checkpoints import load_checkpoint, load_model_strict
 from avvp.model import MMIL_Net
+from avvp.predict import predict
 
 STAGE1_HINT = ("run stage 1 first: cd ../step1_train_base_model && python main_avvp.py --mode train "
                "(or point --model_save_dir / --checkpoint at its checkpoint)")
@@ -16,10 +17,9 @@ STAGE1_HINT = ("run stage 1 first: cd ../step1_train_base_model && python main_a
 
 def load_frozen(path, args, device):
     """The stage-1 network in eval mode, weights loaded strictly. Returns (model, checkpoint)."""
-    ckpt = engine.load_checkpoint(path, hint=STAGE1_HINT)
-    arch = ckpt.get("arch", {})
-    model = MMIL_Net(**engine.net_options(args, frame_pool=arch.get("frame_pool", args.frame_pool))).to(device)
-    engine.load_model_strict(model, ckpt, path)
+    ckpt = load_checkpoint(path, hint=STAGE1_HINT)
+    model = MMIL_Net(frame_pool=ckpt.get("arch", {}).get("frame_pool", args.frame_pool)).to(device)
+    load_model_strict(model, ckpt, path)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -27,14 +27,12 @@ def load_frozen(path, args, device):
 
 
 @torch.no_grad()
-def swap_probs(model, split, partner, batch_size, graph=False):
-    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs.
-    graph: the three passes replay one recorded forward (engine.EvalGraph) for their full batches."""
+def swap_probs(model, split, partner, batch_size):
+    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs."""
     keys = ("audio_prob", "visual_prob")  # the exchange rule reads these alone
-    kw = dict(keys=keys, graph=graph, name="train")
-    orig = engine.predict(model, split, batch_size, **kw)
-    vis = engine.predict(model, split, batch_size, swap=(partner, "visual"), **kw)
-    aud = engine.predict(model, split, batch_size, swap=(partner, "audio"), **kw)
+    orig = predict(model, split, batch_size, keys=keys)
+    vis = predict(model, split, batch_size, swap=(partner, "visual"), keys=keys)
+    aud = predict(model, split, batch_size, swap=(partner, "audio"), keys=keys)
     return orig, vis, aud
 
 

@@ -1,7 +1,7 @@
 """Stage 3's data: the splits, and training targets built from stage 2's modality-aware labels."""
 import numpy as np
 
-from avvp.utils import AVVPError
+from avvp.errors import AVVPError
 
 
 def align_modality_labels(table, path, train):

@@ -1,5 +1,5 @@
-"""Shared test fixtures: a tiny synthetic LLP set built once per session, and two ways to run a
-stage's main_avvp.py on it (a real subprocess, or in-process for monkeypatching and speed).
+"""Shared test fixtures: a tiny synthetic LLP set built once for the whole test folder, and two ways
+to run a stage's main_avvp.py on it (a real subprocess, or in-process for monkeypatching and speed).
 
     def test_x(tiny_llp, tmp_path):
         r = run_stage("step1_train_base_model", ["--mode", "train", *tiny_llp.args(), "--epochs", "1"], tmp_path)
@@ -21,6 +21,10 @@ STAGE1, STAGE2, STAGE3 = "step1_train_base_model", "step2_find_exchange", "step3
 TINY_SIZES = dict(num_train=32, num_val=8, num_test=8, seed=1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; benchmarks/gpu_run.sh runs them)")
+
+
 class TinyLLP:
     """A synthetic LLP set on disk: `root/data` (label files) and `root/feats` (vggish/, res152/, r2plus1d_18/)."""
 
@@ -34,8 +38,8 @@ class TinyLLP:
 
     def args(self, **override):
         """Path flags of every stage pointing at this set (plus --no_progress); override=dict(label_train=...)."""
-        from avvp import engine
-        return engine.path_args(self.data, self.feats, **override) + ["--no_progress"]
+        from avvp.config import path_args
+        return path_args(self.data, self.feats, **override) + ["--no_progress"]
 
     def truth_args(self):
         """Stage 2's flags for the synthetic train truth."""
@@ -48,9 +52,9 @@ class TinyLLP:
         return TinyLLP(dest)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_llp(tmp_path_factory):
-    """32 train / 8 val / 8 test synthetic videos, built once per session: do not modify (see mutable_llp)."""
+    """32 train / 8 val / 8 test synthetic videos, built once for all tests: do not modify (see mutable_llp)."""
     from avvp import synth
     root = tmp_path_factory.mktemp("tiny_llp")
     synth.generate(root / "data", root / "feats", progress=False, **TINY_SIZES)
@@ -113,6 +117,12 @@ def load_stage_main(step):
         sys.modules.update(shadowed)
     _STAGE_MAINS[step] = mod
     return mod
+
+
+def stage_args(step, *argv):
+    """A stage's parsed flags (its own get_args: shared flags and its method knobs), defaults unless
+    given in argv; for building a Trainer or a split in-process."""
+    return load_stage_main(step).get_args([str(a) for a in argv])
 
 
 def call_stage(step, args, tmp=None):

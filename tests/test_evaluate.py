@@ -11,7 +11,7 @@ import torch
 
 from avvp import evaluate as E
 from avvp.llp import CLASSES, CLASS_INDEX, MalformedRowWarning, read_dense, read_dense_matrix, read_weak
-from avvp.utils import AVVPError
+from avvp.errors import AVVPError
 
 REPO = Path(__file__).resolve().parents[1]
 LLP_DIR = Path(__file__).resolve().parents[2] / "shared" / "llp"

@@ -1,4 +1,5 @@
-"""--mode parse (avvp/parse.py): event tables that score like engine.evaluate, pictures, unlabelled input.
+"""--mode parse (avvp/parse.py): event tables that score like avvp.predict.evaluate, pictures
+(skipped without matplotlib), unlabelled input.
 
 One tiny synthetic dataset and one stage-1 model (1 epoch) are shared by the module; the stage is
 run as a user runs it, with subprocess from its folder.
@@ -13,10 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avvp import engine, llp, parse
+from avvp import config, llp, parse
 from avvp import evaluate as llp_eval
+from avvp.checkpoints import checkpoint_path, load_checkpoint, load_model_strict
+from avvp.data import load_split, read_eval_truth
+from avvp.errors import AVVPError
 from avvp.model import MMIL_Net
-from avvp.utils import AVVPError
+from avvp.predict import evaluate, predict
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE1 = REPO / "step1_train_base_model"
@@ -36,7 +40,7 @@ def env():
 
 def paths_args(root, label_test=None):
     override = {"label_test": label_test} if label_test else {}
-    return engine.path_args(root / "data", root / "feats", **override) + [
+    return config.path_args(root / "data", root / "feats", **override) + [
         "--model_save_dir", str(root / "models"), "--no_progress", "--device", "cpu"]
 
 
@@ -58,36 +62,34 @@ def ok(r):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Tiny synthetic LLP set, a 1-epoch stage-1 model, and one labelled parse with --plot 2."""
+    """Tiny synthetic LLP set, a 1-epoch stage-1 model, and one labelled parse."""
     root = tmp_path_factory.mktemp("parse")
     synth.generate(root / "data", root / "feats", 24, 6, 10, 3, progress=False)
     base = paths_args(root)
     # 3 steps at a high lr: enough for the model to predict some audio and some visual events
     ok(stage1("--mode", "train", "--epochs", "1", "--batch_size", "8", "--lr", "3e-3", *base))
     out = root / "parsed"
-    r = ok(stage1("--mode", "parse", "--parse_out", str(out), "--plot", "2", *base))
-    # (avvp.evaluate refuses a header-only prediction file, so the round trip needs events of both kinds)
+    r = ok(stage1("--mode", "parse", "--parse_out", str(out), *base))
+    # (avvp.evaluate refuses a header-only prediction file, so scoring the tables needs events of both kinds)
     assert "parsed 10 videos: 10 audio and 10 visual events" in r.stdout, r.stdout
     return root, base, out, r.stdout
 
 
 @pytest.fixture(scope="module")
 def reference(trained):
-    """engine.evaluate and engine.predict in this process, on the same checkpoint and test split."""
+    """predict and evaluate in this process, on the same checkpoint and test split."""
     root, base, _, _ = trained
-    p = engine.add_common_args(engine.argparser("t"))
-    args = engine.parse_args(p, base)
+    args = config.add_common_args(config.ArgumentParser("t")).parse_args(base)
     model = MMIL_Net(frame_pool=args.frame_pool)
-    path = engine.checkpoint_path(args)
-    engine.load_model_strict(model, engine.load_checkpoint(path), path)
+    path = checkpoint_path(args)
+    load_model_strict(model, load_checkpoint(path), path)
     import torch
-    split = engine.load_split(args, args.label_test, torch.device("cpu"), truth=engine.read_eval_truth(args),
-                             name="test")
-    probs = engine.predict(model, split, 256)
-    return split, probs, engine.evaluate(model, split, 256, probs=probs)
+    split = load_split(args, args.label_test, torch.device("cpu"), truth=read_eval_truth(args), name="test")
+    probs = predict(model, split, 256)
+    return split, probs, evaluate(model, split, 256, probs=probs)
 
 
-def test_parse_scores_round_trip_through_the_evaluate_cli(trained, reference):
+def test_parse_tables_score_the_same_through_the_evaluate_cli(trained, reference):
     root, _, out, stdout = trained
     _, _, want = reference
     d = root / "data"
@@ -141,9 +143,16 @@ def test_video_probs_and_per_class_tables(trained, reference):
     assert list(pc.index) == llp.CLASSES
 
 
-def test_plot_writes_valid_pngs(trained, reference):
-    _, _, out, _ = trained
+def test_plot_writes_valid_pngs(trained, reference, tmp_path):
+    pytest.importorskip("matplotlib")
+    root, base, labelled, _ = trained
     split = reference[0]
+    out = tmp_path / "plotted"
+    ok(stage1("--mode", "parse", "--parse_out", str(out), "--plot", "2", *base))
+    tables = sorted(p.name for p in labelled.glob("*.csv"))
+    assert len(tables) == 4  # the pictures come on top of the same tables
+    for name in tables:
+        assert (out / name).read_bytes() == (labelled / name).read_bytes(), name
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["per_class_f.png", f"timeline_01_{split.filenames[0]}.png", f"timeline_02_{split.filenames[1]}.png"]
     for name in pngs:

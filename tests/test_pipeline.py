@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from avvp import engine, llp, synth
+from avvp import llp, synth
+from avvp.config import path_args
 from avvp.model import MMIL_Net, contrastive_loss, contrastive_target, mmil_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def tiny(tmp_path_factory):
 
 
 def paths(root):
-    return engine.path_args(root / "data", root / "feats") + ["--no_progress"]
+    return path_args(root / "data", root / "feats") + ["--no_progress"]
 
 
 def run(step, args, env=None):
@@ -77,6 +78,15 @@ def test_end_to_end_files_and_handoffs(tiny, ran):
     meta = json.loads((out / "s2" / "estimate_meta.json").read_text())
     assert meta["dropped_audio"] == int((weak - audio).sum()) and meta["dropped_visual"] == int((weak - visual).sum())
     assert "precision" in meta["quality"]["visual"] and "precision" in s2
+    # the evidence file: one row per dropped label, naming a label that the hand-off lacks
+    import pandas as pd
+    ev = pd.read_csv(out / "s2" / "dropped_labels.csv", sep="\t")
+    assert len(ev) == meta["dropped_audio"] + meta["dropped_visual"]
+    row = {f: i for i, f in enumerate(names)}
+    for _, r in ev.iterrows():
+        i, c = row[r["filename"]], llp.CLASS_INDEX[r["event_label"]]
+        kept = audio if r["dropped"] == "audio" else visual
+        assert weak[i, c] == 1 and kept[i, c] == 0 and (weak[row[r["partner"]]] * weak[i]).sum() == 0
     # stage 3 consumed exactly stage 2's drops
     assert f"{meta['dropped_audio']} audio and {meta['dropped_visual']} visual dropped" in s3
     for d in ("m1", "m3"):
@@ -107,7 +117,7 @@ def test_same_seed_same_csv_and_metrics(tiny, ran, tmp_path):
 
 def test_zero_epochs_saves_the_initial_weights_as_epoch_0(tiny, tmp_path):
     # an untrained reference (and a start-up benchmark) that the next stage can load, and the
-    # "saved ..." line is true; it used to write no checkpoint, or keep an older one's file
+    # "saved ..." line is true: a checkpoint of epoch 0 is written, not none, nor an older one kept
     stdout = run("step1_train_base_model", ["--mode", "train", *paths(tiny), "--epochs", "0",
                                              "--model_save_dir", str(tmp_path)])
     assert f"saved {tmp_path}" in stdout
@@ -166,6 +176,69 @@ def test_early_and_late_frame_pooling_agree():
         net.zero_grad()
         net(a, v, s).video_prob.sum().backward()
     assert torch.allclose(late.fc_v.weight.grad, early.fc_v.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def _inputs(b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 10, 128, generator=g), torch.rand(b, 80, 2048, generator=g),
+            torch.randn(b, 10, 512, generator=g))
+
+
+def test_stacked_modalities_compute_the_same_function_and_gradients():
+    torch.manual_seed(0)
+    plain = MMIL_Net(dropout=0.0)
+    stacked = MMIL_Net(dropout=0.0, stack_modalities=True)
+    stacked.load_state_dict(plain.state_dict())
+    a, v, s = _inputs()
+    y = (torch.rand(6, 25, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    outs = []
+    for net in (plain, stacked):
+        out = net(a, v, s)
+        loss, _ = mmil_loss(out, y, y, 0.9 * y + 0.05)
+        net.zero_grad()
+        loss.backward()
+        outs.append((out, loss))
+    (o1, l1), (o2, l2) = outs
+    for f in o1._fields:
+        assert torch.allclose(getattr(o1, f), getattr(o2, f), atol=1e-5), f
+    assert abs(l1.item() - l2.item()) < 1e-5 and l1.item() > 0.1
+    for (name, p1), p2 in zip(plain.named_parameters(), stacked.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-5, rtol=1e-4), name
+    assert plain.fc_a.weight.grad.abs().sum() > 0
+    # and it is another code path: the shared layer runs once, on a (2B, 10, d) batch
+    calls = []
+    for net in (plain, stacked):
+        h = net.hat_encoder.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+        net(a, v, s)
+        h.remove()
+    assert calls == [(6, 10, 512), (6, 10, 512), (12, 10, 512)]
+
+
+def test_attention_without_averaging_its_unused_weights_is_bit_identical():
+    """The layers pass average_attn_weights=False, which skips one reduction per attention call whose
+    output nothing reads; outputs and gradients are those of the released call, bit for bit."""
+    a, v, s = _inputs(b=8, seed=4)
+    y = (torch.rand(8, 25, generator=torch.Generator().manual_seed(4)) < 0.2).float()
+    seen, runs = [], []
+    for released in (False, True):
+        torch.manual_seed(0)
+        net = MMIL_Net()  # dropout on: both runs draw the same masks from the same seed
+        for m in (net.hat_encoder.cm_attn, net.hat_encoder.self_attn):
+            def call(*args, _f=m.forward, **kw):
+                seen.append(kw.get("average_attn_weights"))
+                if released:  # as the released code calls it: the weights averaged over heads
+                    kw.pop("average_attn_weights", None)
+                return _f(*args, **kw)
+            m.forward = call
+        torch.manual_seed(1)
+        out = net(a, v, s)
+        loss, _ = mmil_loss(out, y, y, 0.9 * y + 0.05)
+        loss.backward()
+        runs.append((out, loss, [p.grad for p in net.parameters()]))
+    assert seen == [False] * 8  # 2 layers x 2 modalities x 2 runs: the model asks for no averaging
+    (o1, l1, g1), (o2, l2, g2) = runs
+    assert all(torch.equal(getattr(o1, f), getattr(o2, f)) for f in o1._fields) and torch.equal(l1, l2)
+    assert all(torch.equal(x, y) for x, y in zip(g1, g2))
 
 
 def test_contrastive_target_and_loss():
@@ -254,5 +327,51 @@ def test_stage3_targets_and_quirk():
     assert np.allclose(pv0, [[0.95, 0.0, 0.05]])
     # nothing dropped: stage-3 targets equal stage-1 targets
     t3 = d.targets(weak, weak, weak, 0.1, quirk=True)
-    t1 = engine.weak_targets(weak, 0.1)
+    t1 = stage_module("step1_train_base_model", "dataloader").targets(weak, 0.1)
     assert all(np.allclose(a, b) for a, b in zip(t3, t1))
+
+
+def test_stage1_targets():
+    d = stage_module("step1_train_base_model", "dataloader")
+    y = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32)
+    video, audio, visual = d.targets(y, 0.1)
+    assert video.tolist() == audio.tolist() == y.tolist() and video is not audio
+    assert np.allclose(visual, [[0.95, 0.05, 0.95], [0.05, 0.95, 0.05]]) and visual.dtype == np.float32
+    assert np.allclose(d.targets(y, 0.0)[2], y) and np.allclose(d.targets(y, 1.0)[2], 0.5)
+
+
+def test_stage2_evidence_of_float32_probabilities_reads_back(tmp_path):
+    """The evidence CSV holds the swapped and original probabilities (float32, to 6
+    decimals) and the thresholds: written as short decimals, read back to the same float32 values."""
+    import pandas as pd
+
+    from conftest import STAGE2, load_stage_main
+    main2 = load_stage_main(STAGE2)
+    rng = np.random.default_rng(0)
+    names = [f"vid{i:08d}_0_10" for i in range(6)]
+    probs = lambda: {k: rng.random((6, 25), dtype=np.float32) for k in ("audio_prob", "visual_prob")}  # noqa: E731
+    orig, vis, aud = probs(), probs(), probs()
+    drop_a = np.zeros((6, 25), bool)
+    drop_v = np.zeros((6, 25), bool)
+    drop_a[1, 3] = drop_a[4, 0] = drop_v[2, 24] = True
+    partner = np.array([3, 4, 5, 0, 1, 2])
+    thr = np.linspace(0.1, 0.5, 25)
+    table = main2.evidence_table(names, partner, orig, vis, aud, drop_a, drop_v, thr, thr / 2)
+    llp.write_tsv(table, tmp_path / "e.csv")
+    text = (tmp_path / "e.csv").read_text()
+    back = pd.read_csv(tmp_path / "e.csv", sep="\t")
+    assert list(back.columns) == ["filename", "event_label", "dropped", "partner", "swapped", "audio_prob_swapped",
+                                  "visual_prob_swapped", "audio_prob_original", "visual_prob_original", "threshold"]
+    assert back[["filename", "event_label", "dropped", "partner", "swapped"]].values.tolist() == [
+        [names[1], llp.CLASSES[3], "audio", names[4], "visual"], [names[4], llp.CLASSES[0], "audio", names[1], "visual"],
+        [names[2], llp.CLASSES[24], "visual", names[5], "audio"]]
+    assert back["audio_prob_swapped"].tolist()[:2] == pytest.approx(
+        [float(vis["audio_prob"][1, 3]), float(vis["audio_prob"][4, 0])], abs=5e-7)
+    assert back["visual_prob_swapped"][2] == pytest.approx(float(aud["visual_prob"][2, 24]), abs=5e-7)
+    assert back["visual_prob_original"][2] == pytest.approx(float(orig["visual_prob"][2, 24]), abs=5e-7)
+    assert back["threshold"].tolist() == pytest.approx([thr[3], thr[0], thr[24] / 2], abs=5e-7)
+    for col in ("audio_prob_swapped", "visual_prob_swapped", "audio_prob_original", "visual_prob_original"):
+        got = back[col].to_numpy().astype(np.float32)
+        assert np.array_equal(got, table[col].to_numpy()), col      # the float32 values, exactly
+    cells = [c for line in text.splitlines()[1:] for c in line.split("\t")[5:]]
+    assert all(len(c.split(".")[1]) <= 6 for c in cells if "." in c), cells  # short decimals, not float64 noise

@@ -18,16 +18,18 @@ import pandas as pd
 import pytest
 import torch
 
-import avvp.engine
+import avvp.files
 import avvp.llp
-import avvp.utils
+import avvp.training
 from avvp import llp
+from avvp.errors import AVVPError, cli
+from avvp.files import atomic_group, atomic_path, atomic_write_text
 from avvp.llp import MalformedRowWarning
-from avvp.utils import AVVPError, atomic_path, atomic_write_text, cli
 
 from conftest import ROOT, STAGE1, STAGE2, STAGE3, call_stage, run_stage, stage_command, stage_env
 
 CPU = ["--device", "cpu", "--batch-size", "16"]        # 32 train videos: 2 batches per epoch
+CPU2 = ["--device", "cpu"]                               # stage 2 trains nothing: no batch size
 TRAIN1 = ["--mode", "train", *CPU]
 RESUME_ARGS = ["--lr_step", "1", "--lr_gamma", "0.5"]   # the lr changes every epoch: scheduler state matters
 
@@ -84,6 +86,78 @@ def reference_2_epochs(tiny_llp, tmp_path_factory):
     code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS, "--epochs", "2"], tmp)
     assert code == 0, err
     return tmp / "models_step1"
+
+
+# ----------------------------------------------------------------------------- flags
+
+BAD_FLAGS = [  # (stage folders, flag, value, what the error says about the value)
+    ((STAGE1, STAGE3), "--lr", "nan", "nan is not a finite number > 0"),
+    ((STAGE1, STAGE3), "--lr", "0", "0 is not a finite number > 0"),
+    ((STAGE1, STAGE3), "--lr", "1e400", "1e400 is not a finite number > 0"),
+    ((STAGE1, STAGE3), "--lr", "fast", "'fast' is not a number"),
+    ((STAGE1, STAGE3), "--temperature", "-1", "-1 is not a finite number > 0"),
+    ((STAGE1, STAGE3), "--batch-size", "0", "0 is not a finite number >= 1"),
+    ((STAGE1, STAGE3), "--batch-size", "1.5", "'1.5' is not an integer"),
+    ((STAGE1, STAGE3), "--lr_gamma", "2", "2 is not a finite number > 0 and <= 1"),
+    ((STAGE1, STAGE3), "--epochs", "-1", "-1 is not a finite number >= 0"),
+    ((STAGE1, STAGE3), "--contrastive_smoothing", "1", "1 is not a finite number >= 0 and < 1"),
+    ((STAGE1, STAGE3), "--visual_smoothing", "1.5", "1.5 is not a finite number >= 0 and <= 1"),
+    ((STAGE2,), "--threshold_factor", "inf", "inf is not a finite number >= 0"),
+    ((STAGE2,), "--threshold_factor", "-0.5", "-0.5 is not a finite number >= 0"),
+    ((STAGE1, STAGE2, STAGE3), "--eval_batch_size", "0", "0 is not a finite number >= 1"),
+]
+
+
+def _one_error_line(code, out, err, *needles):
+    """Exit status 2, nothing on stdout, exactly one stderr line: `error: ...` naming every needle."""
+    assert code == 2, (code, err)
+    assert out == "" and err.endswith("\n") and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and err.rstrip().endswith("(see --help)"), err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+@pytest.mark.parametrize("step, flag, value, says", [
+    pytest.param(step, flag, value, says, id=f"{step.split('_')[0]} {flag} {value}")
+    for steps, flag, value, says in BAD_FLAGS for step in steps])
+def test_a_bad_flag_value_is_one_error_line_naming_the_flag(tiny_llp, tmp_path, step, flag, value, says):
+    mode = {STAGE1: "train", STAGE2: "estimate_labels", STAGE3: "retrain"}[step]
+    code, out, err = call_stage(step, ["--mode", mode, *tiny_llp.args(), flag, value], tmp_path)
+    _one_error_line(code, out, err, f"argument {flag}", says)
+    assert not (tmp_path / "models_step1").exists() and not (tmp_path / "outputs_step2").exists()
+
+
+@pytest.mark.parametrize("step, argv, says", [
+    (STAGE2, ["--epochs", "3"], "unrecognized arguments: --epochs 3"),       # stage 2 trains nothing
+    (STAGE2, ["--batch-size", "16"], "unrecognized arguments: --batch-size 16"),
+    (STAGE2, ["--resume"], "unrecognized arguments: --resume"),
+    (STAGE1, ["--no-graph"], "unrecognized arguments: --no-graph"),
+    (STAGE3, ["--no-fused_adam"], "unrecognized arguments: --no-fused_adam"),
+    (STAGE1, ["--fused_adam"], "argument --fused_adam: expected one argument"),
+    (STAGE1, ["--fused_adam", "yes"], "argument --fused_adam: invalid choice: 'yes'"),
+    (STAGE3, ["--no-stack_modalities"], "unrecognized arguments: --no-stack_modalities"),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_a_flag_the_stage_does_not_have_is_one_error_line(step, argv, says):
+    _one_error_line(*call_stage(step, argv), says)
+
+
+def test_boundary_flag_values_are_accepted():
+    from conftest import stage_args
+    a = stage_args(STAGE1, "--lr_gamma", "1", "--epochs", "0", "--contrastive_weight", "0", "--visual_smoothing", "1",
+                   "--contrastive_smoothing", "0", "--batch-size", "1", "--lr", "1e-9", "--fused_adam", "off",
+                   "--stack_modalities")
+    assert (a.lr_gamma, a.epochs, a.contrastive_weight, a.visual_smoothing, a.contrastive_smoothing, a.batch_size,
+            a.lr, a.fused_adam, a.stack_modalities) == (1.0, 0, 0.0, 1.0, 0.0, 1, 1e-9, "off", True)
+    assert isinstance(a.epochs, int) and isinstance(a.batch_size, int)
+    b = stage_args(STAGE2, "--threshold_factor", "0", "--error_scale", "none")
+    assert (b.threshold_factor, b.error_scale) == (0.0, "none")
+    assert not hasattr(b, "epochs") and not hasattr(b, "lr") and not hasattr(b, "graph")
+
+
+def test_a_bad_flag_value_in_a_real_process_is_one_line_on_stderr(tiny_llp, tmp_path):
+    r = run_stage(STAGE3, ["--mode", "retrain", *tiny_llp.args(), "--lr", "nan"], tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "error: argument --lr: nan is not a finite number > 0 (see --help)\n"
 
 
 # ----------------------------------------------------------------------------- features
@@ -159,7 +233,7 @@ def _npz(p):
     (_bad_shape, "audio", "shape (9, 128) (expected (10, 128))"),
     (_bad_dtype, "audio", "dtype int32"),
     (_nan, "audio", "1 non-finite value(s)"),
-    (_nan, "video", "1 non-finite value(s)"),   # res152: checked through its segment means (features._fill)
+    (_nan, "video", "1 non-finite value(s)"),   # res152: loaded as segment means (--frame_pool early)
     (_inf, "st", "2 non-finite value(s)"),
     (_truncated, "video", "cannot read .npy"),
     (_garbage, "audio", "cannot read .npy"),
@@ -239,8 +313,8 @@ def test_malformed_eval_rows_warn_with_line_numbers_and_the_rest_loads(mutable_l
 
 def test_dense_numbers_are_read_as_pandas_read_them_and_duplicate_columns_are_an_error(tmp_path):
     """onset/offset: integers, '3.0' and '1e1' are numbers; '1_0' and non-ASCII digits ('３'),
-    which Python's float() would take, are not (as with pandas.to_numeric, which read these files
-    before avvp.llp.Table): such rows are skipped with a warning naming their lines."""
+    which Python's float() would take, are not (pandas.to_numeric's reading): such rows are skipped
+    with a warning naming their lines. Cells are stripped, and a repeated column is an error."""
     path = tmp_path / "dense.csv"
     rows = [("BjCEufrlXm4_20_30", "0", "3", "Speech"), ("BjCEufrlXm4_20_30", "3.0", "1e1", "Dog"),
             ("BjCEufrlXm4_20_30", "1_0", "10", "Cat"), ("BjCEufrlXm4_20_30", "\uff13", "5", "Car"),
@@ -284,7 +358,7 @@ def test_cli_error_messages_are_flattened_to_one_line(capsys):
 # ----------------------------------------------------------------------------- checkpoints between stages
 
 def test_stage2_without_stage1_checkpoint_says_where_it_looked_and_what_to_run(tiny_llp, tmp_path):
-    code, out, err = call_stage(STAGE2, [*CPU, *tiny_llp.args(), *tiny_llp.truth_args(),
+    code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args(),
                                          "--model_save_dir", "nowhere/"], tmp_path)
     line = assert_one_line_error(code, err, "checkpoint not found", "run stage 1 first",
                                  "python main_avvp.py --mode train")
@@ -312,7 +386,7 @@ def test_checkpoint_of_another_architecture_is_a_one_line_error(tiny_llp, stage1
     bad.parent.mkdir()
     torch.save(ckpt, bad)
     if who == "stage2":
-        code, out, err = call_stage(STAGE2, [*CPU, *tiny_llp.args(), *tiny_llp.truth_args()], tmp_path)
+        code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args()], tmp_path)
     elif who == "stage1_test":
         code, out, err = call_stage(STAGE1, ["--mode", "test", *CPU, *tiny_llp.args()], tmp_path)
     else:
@@ -325,7 +399,7 @@ def test_corrupt_stage1_checkpoint_is_a_one_line_error(tiny_llp, stage1_out, tmp
     bad = tmp_path / "models_step1" / "MMIL_Net.pt"
     bad.parent.mkdir()
     bad.write_bytes(good[: len(good) // 3])
-    code, out, err = call_stage(STAGE2, [*CPU, *tiny_llp.args(), *tiny_llp.truth_args()], tmp_path)
+    code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args()], tmp_path)
     assert_one_line_error(code, err, bad, "cannot read checkpoint")
 
 
@@ -392,7 +466,7 @@ def test_unwritable_model_dir_fails_before_training(tiny_llp, tmp_path):
 def test_unwritable_stage2_output_dir_fails_before_work(tiny_llp, stage1_out, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, out, err = call_stage(STAGE2, [*CPU, *tiny_llp.args(), *tiny_llp.truth_args(),
+    code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args(),
                                          "--model_save_dir", stage1_out / "models_step1",
                                          "--output_dir", blocker / "out"], tmp_path)
     assert_one_line_error(code, err, blocker / "out", "not writable")
@@ -418,7 +492,7 @@ def _full_disk_open(monkeypatch, module, match, after=0):
 
 
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tiny_llp, tmp_path, monkeypatch):
-    seen = _full_disk_open(monkeypatch, avvp.utils, ".MMIL_Net.pt.", after=1)  # epoch 1 saves, epoch 2 fails
+    seen = _full_disk_open(monkeypatch, avvp.files, ".MMIL_Net.pt.", after=1)  # epoch 1 saves, epoch 2 fails
     code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", "2"], tmp_path)
     path = tmp_path / "models_step1" / "MMIL_Net.pt"
     assert_one_line_error(code, err, path, "No space left on device", "previous file left intact")
@@ -428,7 +502,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tiny_llp, tm
 
 
 def test_disk_full_while_writing_stage2_csv_keeps_the_previous_one(tiny_llp, stage1_out, tmp_path, monkeypatch):
-    args = [*CPU, *tiny_llp.args(), *tiny_llp.truth_args(), "--model_save_dir", stage1_out / "models_step1"]
+    args = [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args(), "--model_save_dir", stage1_out / "models_step1"]
     code, out, err = call_stage(STAGE2, args, tmp_path)
     assert code == 0, err
     csv = tmp_path / "outputs_step2" / "modality_aware_labels.csv"
@@ -443,13 +517,13 @@ def test_disk_full_while_writing_stage2_csv_keeps_the_previous_one(tiny_llp, sta
 def test_stage2_outputs_are_replaced_together_or_not_at_all(tiny_llp, stage1_out, tmp_path, monkeypatch):
     """Disk full on the LAST of stage 2's three files: the label CSV and the evidence CSV, already
     written, must not replace the previous ones either (atomic_group)."""
-    args = [*CPU, *tiny_llp.args(), *tiny_llp.truth_args(), "--model_save_dir", stage1_out / "models_step1"]
+    args = [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args(), "--model_save_dir", stage1_out / "models_step1"]
     code, out, err = call_stage(STAGE2, args, tmp_path)
     assert code == 0, err
     folder = tmp_path / "outputs_step2"
     names = ("modality_aware_labels.csv", "dropped_labels.csv", "estimate_meta.json")
     before = {n: (folder / n).read_bytes() for n in names}
-    _full_disk_open(monkeypatch, avvp.utils, ".estimate_meta.json.")
+    _full_disk_open(monkeypatch, avvp.files, ".estimate_meta.json.")
     code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "5.0"], tmp_path)
     assert_one_line_error(code, err, folder / "estimate_meta.json", "No space left on device")
     assert {n: (folder / n).read_bytes() for n in names} == before
@@ -461,30 +535,50 @@ def test_stage2_outputs_are_replaced_together_or_not_at_all(tiny_llp, stage1_out
     assert (folder / "modality_aware_labels.csv").read_bytes() != before["modality_aware_labels.csv"]
 
 
-def test_stage2_scores_drops_only_against_truth_that_describes_every_train_video(tiny_llp, stage1_out, tmp_path):
-    """Truth of another set (here: the tiny set's, less one train video) would make every label of
-    the missing videos 'truly absent' and every drop of them 'right': not scored, with a note."""
-    args = [*CPU, *tiny_llp.args(), "--model_save_dir", stage1_out / "models_step1"]
-    meta_path = tmp_path / "outputs_step2" / "estimate_meta.json"
-    code, out, err = call_stage(STAGE2, [*args, *tiny_llp.truth_args()], tmp_path)
-    assert code == 0, err
-    assert "dropped visual labels vs truth: precision" in out and "quality" in json.loads(meta_path.read_text())
-    first = llp.read_weak(tiny_llp.data / "AVVP_train.csv").filenames[0]
-    partial, removed = [], 0
+def _truth_without(tiny_llp, tmp_path, names, extra_rows=""):
+    """Copies of the train truth files without the rows of `names` (plus `extra_rows`); their paths."""
+    out = []
     for kind in ("audio", "visual"):
         lines = (tiny_llp.data / f"synthetic_train_eval_{kind}.csv").read_text().splitlines(keepends=True)
-        kept = [ln for ln in lines if not ln.startswith(first + "\t")]
-        removed += len(lines) - len(kept)
-        partial.append(tmp_path / f"truth_{kind}.csv")
-        partial[-1].write_text("".join(kept))
-    assert removed > 0  # the video had events, and now has none in either file
-    code, out, err = call_stage(STAGE2, [*args, "--train_truth_audio", partial[0], "--train_truth_visual", partial[1]],
-                                tmp_path)
-    assert code == 0, err
-    n = len(llp.read_weak(tiny_llp.data / "AVVP_train.csv").filenames)
-    assert f"note: dropped labels not scored: the train truth ({partial[0]}, {partial[1]}) describes {n - 1} of the {n} " \
-           f"train videos ({first} is not in it)" in out
-    assert "vs truth" not in out and "quality" not in json.loads(meta_path.read_text())
+        out.append(tmp_path / f"truth_{kind}_{len(names)}.csv")
+        out[-1].write_text("".join(ln for ln in lines if ln.split("\t")[0] not in names) + extra_rows)
+    return out
+
+
+def test_stage2_scores_drops_only_against_truth_that_describes_its_train_videos(tiny_llp, stage1_out, tmp_path):
+    """Truth of another set would make every label of the videos it lacks 'truly absent' and every
+    drop of them 'right'. Scored: the train truth, also less a video or two (a video whose labels
+    are all noise has no event); not scored, with a note: truth that names a video outside the
+    split, or describes under 90% of its videos."""
+    args = [*CPU2, *tiny_llp.args(), "--model_save_dir", stage1_out / "models_step1"]
+    meta_path = tmp_path / "outputs_step2" / "estimate_meta.json"
+    train = llp.read_weak(tiny_llp.data / "AVVP_train.csv").filenames
+    events = [llp.read_dense(tiny_llp.data / f"synthetic_train_eval_{k}.csv") for k in ("audio", "visual")]
+    described = [f for f in train if f in set(events[0]["filename"]) | set(events[1]["filename"])]
+    assert len(described) >= 30  # the tiny set's truth describes (nearly) every train video
+
+    def estimate(truth):
+        code, out, err = call_stage(STAGE2, [*args, "--train_truth_audio", truth[0], "--train_truth_visual", truth[1]],
+                                    tmp_path)
+        assert code == 0, err
+        return out, json.loads(meta_path.read_text())
+
+    out, meta = estimate(_truth_without(tiny_llp, tmp_path, []))
+    assert "dropped visual labels vs truth: precision" in out and "quality" in meta
+    out, meta = estimate(_truth_without(tiny_llp, tmp_path, described[:1]))
+    assert "note: dropped labels not scored" not in out and "quality" in meta
+    assert meta["quality"]["audio"]["weak_labels"] == int(llp.read_weak(tiny_llp.data / "AVVP_train.csv").labels.sum())
+    # fewer than 90% of the 32 videos: 28.8 needed
+    gone = described[:len(described) - 28]
+    truth = _truth_without(tiny_llp, tmp_path, gone)
+    out, meta = estimate(truth)
+    assert (f"note: dropped labels not scored: the train truth ({truth[0]}, {truth[1]}) is not that of this train split "
+            f"(it describes 28 of the {len(train)} train videos)") in out
+    assert "vs truth" not in out and "quality" not in meta
+    # a video that is not in the train split
+    truth = _truth_without(tiny_llp, tmp_path, [], extra_rows="zzzzzzzzzzz_0_10\t0\t3\tSpeech\n")
+    out, meta = estimate(truth)
+    assert "(zzzzzzzzzzz_0_10 is not a train video)" in out and "quality" not in meta
 
 
 def test_atomic_group_renames_all_at_the_end_or_none(tmp_path):
@@ -492,14 +586,14 @@ def test_atomic_group_renames_all_at_the_end_or_none(tmp_path):
     a.write_text("old a")
     b.write_text("old b")
     with pytest.raises(RuntimeError):
-        with avvp.utils.atomic_group():
+        with atomic_group():
             atomic_write_text(a, "new a")
             assert a.read_text() == "old a"  # written, not yet renamed
             raise RuntimeError("boom")
     assert a.read_text() == "old a" and b.read_text() == "old b" and sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
-    with avvp.utils.atomic_group():
+    with atomic_group():
         atomic_write_text(a, "new a")
-        with avvp.utils.atomic_group():  # nested: the outer group renames
+        with atomic_group():  # nested: the outer group renames
             atomic_write_text(b, "new b")
         assert b.read_text() == "old b"
     assert a.read_text() == "new a" and b.read_text() == "new b" and sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
@@ -514,7 +608,7 @@ def test_failed_rename_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(avvp.utils.os, "replace", full)
+    monkeypatch.setattr(avvp.files.os, "replace", full)
     with pytest.raises(AVVPError, match=r"f\.json: No space left on device \(previous file left intact\)"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["f.json"]
@@ -531,11 +625,11 @@ def test_kill9_during_atomic_writes_never_leaves_a_truncated_target(tmp_path):
     n = 1 << 20
     rng = random.Random(0)
     values = []
-    for round_ in range(10):
+    for attempt in range(10):
         pid = os.fork()
         if pid == 0:  # child: numpy and atomic_path only, never returns into pytest
             try:
-                i = round_ * 100000
+                i = attempt * 100000
                 while True:
                     i += 1
                     with atomic_path(target) as tmp:
@@ -543,9 +637,9 @@ def test_kill9_during_atomic_writes_never_leaves_a_truncated_target(tmp_path):
                             np.save(f, np.full(n, i, dtype=np.float32))
             finally:
                 os._exit(1)
-        if round_ in (0, 9):  # make sure some writes land: wait for one of this child's files first
+        if attempt in (0, 9):  # make sure some writes land: wait for one of this child's files first
             deadline = time.time() + 30
-            while time.time() < deadline and not (target.exists() and np.load(target)[0] > round_ * 100000):
+            while time.time() < deadline and not (target.exists() and np.load(target)[0] > attempt * 100000):
                 time.sleep(0.005)
         time.sleep(rng.uniform(0.01, 0.25))
         os.kill(pid, signal.SIGKILL)
@@ -589,6 +683,47 @@ def test_resume_matches_an_uninterrupted_run(tiny_llp, reference_2_epochs, tmp_p
     _assert_same_run(tmp_path / "models_step1", reference_2_epochs)
 
 
+@pytest.mark.parametrize("flags", [{"capturable": True, "fused": True}, {"capturable": True}, {"foreach": True}],
+                         ids=["graph path, fused", "graph path, foreach", "eager CUDA"])
+def test_resume_of_a_checkpoint_saved_with_another_optimizer_implementation(tiny_llp, reference_2_epochs, tmp_path,
+                                                                              flags):
+    """A GPU run's checkpoint records how its Adam ran (capturable, maybe fused). Resumed on the CPU,
+    the optimizer keeps this process's way of computing the update: torch would take the saved flags
+    (capturable alone fails on CPU tensors, fused computes other float sums), and the resumed run
+    would then not end like the uninterrupted CPU run."""
+    base = [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS]
+    code, out, err = call_stage(STAGE1, [*base, "--epochs", "1"], tmp_path)
+    assert code == 0, err
+    path = tmp_path / "models_step1" / "MMIL_Net.pt"
+    ckpt = weights(path)
+    for g in ckpt["optimizer"]["param_groups"]:
+        assert g["capturable"] is False and not g["fused"] and not g["foreach"]  # what a CPU run saves
+        g.update(flags)
+    torch.save(ckpt, path)
+    if flags == {"capturable": True}:  # what torch alone makes of it: the test below is not vacuous
+        net = _fresh_net()
+        opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+        opt.load_state_dict(ckpt["optimizer"])
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        with pytest.raises(Exception, match="capturable"):
+            opt.step()
+    code, out, err = call_stage(STAGE1, [*base, "--epochs", "2", "--resume"], tmp_path)
+    assert code == 0, err
+    assert "after epoch 1" in out and "epoch   2/2" in out
+    resumed = weights(path)
+    assert all(g["capturable"] is False and g["fused"] is None and g["foreach"] is None
+               for g in resumed["optimizer"]["param_groups"])
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * 0.25)  # hyperparameters: saved ones
+    _assert_same_run(tmp_path / "models_step1", reference_2_epochs)
+
+
+def _fresh_net():
+    from avvp.model import MMIL_Net
+    torch.manual_seed(0)
+    return MMIL_Net()
+
+
 def test_resume_after_sigkill_of_a_real_training_run(tiny_llp, reference_2_epochs, tmp_path):
     """Stage 1 in a real process is SIGKILLed as soon as its epoch-1 checkpoint lands (it is then
     inside epoch 2 of 6); --resume continues from the last completed epoch and ends exactly like the
@@ -626,7 +761,7 @@ def test_resume_after_sigkill_of_a_real_training_run(tiny_llp, reference_2_epoch
 # ----------------------------------------------------------------------------- non-finite loss
 
 def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny_llp, tmp_path, monkeypatch):
-    real = avvp.engine.mmil_loss
+    real = avvp.training.mmil_loss
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):
@@ -636,7 +771,7 @@ def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny_llp, tmp_pat
             loss = loss * float("inf")
         return loss, nce
 
-    monkeypatch.setattr(avvp.engine, "mmil_loss", exploding)
+    monkeypatch.setattr(avvp.training, "mmil_loss", exploding)
     code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", "3"], tmp_path)
     assert_one_line_error(code, err, "non-finite loss (inf) at epoch 2, batch 1 of 2", "last good checkpoint")
     ckpt = weights(tmp_path / "models_step1" / "MMIL_Net.pt")
@@ -655,7 +790,7 @@ def test_same_seed_same_weights_metrics_and_stage2_csv(tiny_llp, stage1_out, tmp
     outs = []
     for i in range(2):
         out_dir = tmp_path / f"s2_{i}"
-        code, out, err = call_stage(STAGE2, [*CPU, *tiny_llp.args(), *tiny_llp.truth_args(), "--seed", "7",
+        code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(), *tiny_llp.truth_args(), "--seed", "7",
                                              "--model_save_dir", a, "--output_dir", out_dir], tmp_path)
         assert code == 0, err
         outs.append(out_dir)

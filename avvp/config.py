@@ -1,0 +1,156 @@
+"""Command-line flags the stages share (paths, device, seed, training loop, speed), their checks,
+and a run's setup (seeds, device). Each stage's method knobs live in its own main_avvp.py."""
+import argparse
+import math
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from . import features, llp
+from .errors import AVVPError
+from .timing import clock
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults in --help and a bad flag reported in one line (exit status 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def number(lo=None, hi=None, lo_open=False, hi_open=False, kind=float):
+    """An argparse type: a finite number (int or float) within [lo, hi] (open ends where asked)."""
+    def parse(text):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        bad = not math.isfinite(x) or (lo is not None and (x <= lo if lo_open else x < lo)) or \
+            (hi is not None and (x >= hi if hi_open else x > hi))
+        if bad:
+            left = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            right = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number {' and '.join(filter(None, (left, right)))}")
+        return x
+    parse.__name__ = "int" if kind is int else "float"  # what argparse names in its messages
+    return parse
+
+
+def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
+    """Flags every stage shares; paths default to the project's data/ and feats/ folders.
+    training=False leaves out the training loop's flags (stage 2 trains nothing)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--audio_dir", default="../feats/vggish/", help="vggish features, (10, 128) per video")
+    g.add_argument("--video_dir", default="../feats/res152/", help="res152 features, (80, 2048) per video")
+    g.add_argument("--st_dir", default="../feats/r2plus1d_18/", help="r2plus1d_18 features, (10, 512) per video")
+    g.add_argument("--label_train", default="../data/AVVP_train.csv", help="weak train labels")
+    g.add_argument("--label_val", default="../data/AVVP_val_pd.csv", help="weak val labels")
+    g.add_argument("--label_test", default="../data/AVVP_test_pd.csv", help="weak test labels")
+    g.add_argument("--eval_audio", default="../data/AVVP_eval_audio.csv", help="dense audio truth (val+test)")
+    g.add_argument("--eval_visual", default="../data/AVVP_eval_visual.csv", help="dense visual truth (val+test)")
+    g.add_argument("--skip_missing", action="store_true",
+                   help="drop videos whose feature files are missing (reporting how many) instead of failing")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=1, help="seeds python, numpy and torch")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--model_save_dir", default="models/", help="where checkpoints and metrics go")
+    g.add_argument("--checkpoint", default=checkpoint, help="checkpoint file name in --model_save_dir")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
+    if training:
+        g = p.add_argument_group("training loop (the released recipe)")
+        g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=number(1, kind=int), default=16,
+                       help="batch size")
+        g.add_argument("--epochs", type=number(0, kind=int), default=epochs, help="training epochs")
+        g.add_argument("--lr", type=number(0, lo_open=True), default=3e-4, help="Adam learning rate")
+        g.add_argument("--lr_step", type=number(1, kind=int), default=10, help="StepLR step size in epochs")
+        g.add_argument("--lr_gamma", type=number(0, 1, lo_open=True), default=0.1, help="StepLR decay")
+        g.add_argument("--resume", action="store_true", help="continue from the checkpoint's last completed epoch")
+    g = p.add_argument_group("speed (same results)")
+    g.add_argument("--eval_batch_size", type=number(1, kind=int), default=256, help="batch size for inference")
+    g.add_argument("--feature_cache", choices=["auto", "on", "off"], default="auto",
+                   help="packed copy of each split in <feature folder>/.packed/ (auto: when the feature folders "
+                        "hold >= 5000 videos, as LLP's 11,849 do; delete .packed/ any time)")
+    g.add_argument("--frame_pool", choices=["early", "late"], default="early",
+                   help="average res152 frames per segment before fc_v (early: same function, 8x less work) "
+                        "or after it (late, the released order)")
+    g.add_argument("--threads", type=number(0, kind=int), default=0,
+                   help="CPU threads for torch (0: torch's default, one per core)")
+    if training:
+        g.add_argument("--graph", choices=["auto", "on", "off"], default="auto",
+                       help="capture the training step (forward, backward, Adam) in one CUDA graph; "
+                            "auto = on when the features are on a CUDA device")
+        g.add_argument("--fused_adam", choices=["auto", "on", "off"], default="auto",
+                       help="torch's fused Adam kernel (same update rule, other float rounding); auto = where "
+                            "the step is replayed from a CUDA graph, torch's default update elsewhere")
+        g.add_argument("--stack_modalities", action="store_true",
+                       help="run the shared HAN layer once on the stacked audio and visual sequences: same "
+                            "function, dropout masks drawn in another order (so another training draw)")
+    return p
+
+
+def add_loss_args(g, contrastive_weight, temperature, contrastive_smoothing, contrastive_form, visual_smoothing):
+    """A training stage's loss flags, with the defaults that stage's main_avvp.py passes in (the
+    values a user edits for an ablation)."""
+    g.add_argument("--contrastive_weight", type=number(0), default=contrastive_weight,
+                   help="weight of MA's audio-visual contrastive term (0: no contrastive term)")
+    g.add_argument("--temperature", type=number(0, lo_open=True), default=temperature, help="contrastive temperature")
+    g.add_argument("--contrastive_smoothing", type=number(0, 1, hi_open=True), default=contrastive_smoothing,
+                   help="label smoothing of the contrastive target, spread over the 9 other segments")
+    g.add_argument("--contrastive_form", choices=["released", "ce"], default=contrastive_form,
+                   help="released: -log(sum_j t_j p_j) as in the released LabelSmoothingNCELoss; "
+                        "ce: label-smoothed cross-entropy -sum_j t_j log p_j")
+    g.add_argument("--visual_smoothing", type=number(0, 1), default=visual_smoothing,
+                   help="visual target = (1 - s) * y + s / 2, y = the visual labels (0.1: 0.9 y + 0.05)")
+
+
+def path_args(data_dir, feats_dir, **override):
+    """The data flags of a stage for LLP's label files in `data_dir` and the three feature folders in
+    `feats_dir` (the layout avvp.synth writes). override: flag name -> path. Returns argv strings."""
+    flags = {f"{key}_dir": path for key, path in features.modality_dirs(feats_dir).items()}
+    flags.update({f"label_{split}": os.path.join(data_dir, name) for split, name in llp.WEAK_FILES.items()})
+    flags.update({f"eval_{kind}": os.path.join(data_dir, name) for kind, name in llp.EVAL_FILES.items()})
+    flags.update(override)
+    return [arg for flag, path in flags.items() for arg in (f"--{flag}", os.fspath(path))]
+
+
+def seed_everything(seed):
+    """One seed for python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name="auto"):
+    """'auto' -> cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise AVVPError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AVVPError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    return dev
+
+
+def setup(args):
+    """Seed everything, pick the device (and start CUDA, timed), print one line saying so."""
+    clock.reset()
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        with clock("cuda init"):  # context creation, otherwise hidden in the first .to(device)
+            torch.zeros(1, device=device)
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                                 f" ({torch.get_num_threads()} threads)") + f", seed {args.seed}")
+    return device
