@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .errors import AVVPError
 from .files import atomic_path, atomic_write_text
-from .llp import video_id
+from .llp import FRAMES_PER_SEGMENT, video_id
 
 # modality key -> (default folder name, shape of one video's array)
 MODALITIES = {
@@ -29,7 +29,6 @@ MODALITIES = {
     "st": ("r2plus1d_18", (10, 512)),
 }
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
-FRAMES_PER_SEGMENT = 8
 PACKED_DIR = ".packed"
 
 

@@ -29,6 +29,7 @@ CLASSES = [
 ]
 NUM_CLASSES = len(CLASSES)  # 25
 NUM_SEGMENTS = 10
+FRAMES_PER_SEGMENT = 8  # res152 frames per 1-s segment (8 fps)
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 # the annotation files' names, as released (and as avvp.synth writes them)
 WEAK_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}

@@ -11,12 +11,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .llp import FRAMES_PER_SEGMENT
+
 Output = namedtuple("Output", "video_prob audio_prob visual_prob frame_prob audio_feat visual_input")
 # video_prob, audio_prob, visual_prob: (B, C); frame_prob: (B, T, 2, C) with modality 0 = audio;
 # audio_feat: (B, T, d) audio AFTER the hybrid attention layer; visual_input: (B, T, d) the fused
 # visual sequence BEFORE it. The last two feed the contrastive term.
 
-FRAMES_PER_SEGMENT = 8
 PROB_EPS = 1e-7
 
 
