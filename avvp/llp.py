@@ -62,20 +62,14 @@ def read_table(path, columns, allow_empty=False, missing_hint=None):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AVVPError(f"{path}: label file not found" + (f" ({missing_hint})" if missing_hint else ""))
-    width = []  # the header's width, once known: longer rows are cut to it
-
-    def cut(cells):
-        return cells[:width[0]] if width else cells
-
     try:
         # header=None: the header row is checked below (pandas would rename a repeated column);
         # blank lines are kept while reading, so that row i is line i + 1 of the file
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the header
-            first = f.readline()
-            width.append(len(first.split("\t")))
+            width = len(f.readline().split("\t"))  # rows longer than the header are cut to it
             f.seek(0)
             raw = pd.read_csv(f, sep="\t", header=None, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                              quoting=csv.QUOTE_NONE, engine="python", on_bad_lines=cut)
+                              quoting=csv.QUOTE_NONE, engine="python", on_bad_lines=lambda cells: cells[:width])
     except pd.errors.EmptyDataError:
         raise AVVPError(f"{path}: empty file (expected a header: {' '.join(columns)})") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
