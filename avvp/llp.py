@@ -45,9 +45,15 @@ class MalformedRowWarning(UserWarning):
     pass
 
 
+# an LLP filename: the 11-character YouTube id, then the clip's start and end seconds
+_LLP_NAME = re.compile(r"^(.{11})_\d+(\.\d+)?_\d+(\.\d+)?$")
+
+
 def video_id(filename):
-    """The feature file of a video is named by the first 11 characters of its filename."""
-    return filename[:11]
+    """The stem of a video's feature files: the YouTube id of an LLP filename (`<id>_<start>_<end>`),
+    any other name as it is (videos of one's own, named by their file's stem)."""
+    m = _LLP_NAME.match(filename)
+    return m.group(1) if m else filename
 
 
 # ----------------------------------------------------------------------------- reading
