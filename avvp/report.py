@@ -20,10 +20,11 @@ def normalisation_is_undefined(scale):
     return len(scale) > 0 and not any(math.isfinite(float(x)) for x in scale)
 
 
-def undefined_normalisation_note(kind):
+def undefined_normalisation_note(kind, split="train"):
     """Why no `kind` label was dropped, in words (stage 2 prints it, and so does the summary)."""
-    return (f"stage 1 made no {kind} error on the train labels, so the released per-class normalisation is 0/0 "
-            f"and no {kind} label can be dropped (--error_scale none drops with a fixed threshold)")
+    return (f"stage 1 made no {kind} error on the {split} labels, so the per-class normalisation is 0/0 "
+            f"and no {kind} label can be dropped (--error_scale val measures the error on the val split, "
+            f"--error_scale none drops with a fixed threshold)")
 
 
 def precision_text(quality):

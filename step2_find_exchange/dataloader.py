@@ -16,16 +16,22 @@ def label_bits(labels):
     return (np.asarray(labels) > 0).astype(np.int64) @ (1 << np.arange(labels.shape[1], dtype=np.int64))
 
 
-def pick_partners(labels, seed, filenames=None, max_rounds=64):
-    """For every video i, a partner j != i whose label set shares no class with i's.
+def pick_partners(labels, seed, filenames=None, draws=1, max_rounds=64):
+    """For every video i, `draws` partners j != i whose label sets share no class with i's.
 
     Uniform among valid partners, reproducible for a seed (the released code draws them
-    unseeded inside DataLoader workers). Vectorised rejection sampling; videos still unmatched
-    after `max_rounds` draws get an exhaustive search. (N,) int64.
+    unseeded inside DataLoader workers); the draws come one after another from one generator, so
+    the first is the same for every `draws` (draws=1 is the released one-partner rule).
+    Vectorised rejection sampling; videos still unmatched after `max_rounds` draws get an
+    exhaustive search. (draws, N) int64.
     """
     bits = label_bits(labels)
-    n = len(bits)
     rng = np.random.default_rng(seed)
+    return np.stack([_draw_partners(bits, rng, filenames, max_rounds) for _ in range(draws)])
+
+
+def _draw_partners(bits, rng, filenames, max_rounds):
+    n = len(bits)
     partner = np.full(n, -1, dtype=np.int64)
     todo = np.arange(n)
     for _ in range(max_rounds):

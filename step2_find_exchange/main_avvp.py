@@ -18,6 +18,7 @@ from avvp.checkpoints import checkpoint_path
 from avvp.config import number
 from avvp.errors import cli
 from avvp.files import atomic_group, atomic_write_text, ensure_writable_dir
+from avvp.predict import predict
 from avvp.timing import clock
 
 import dataloader
@@ -30,11 +31,14 @@ def get_args(argv=None):
     config.add_common_args(p, training=False)
     p.set_defaults(model_save_dir="../step1_train_base_model/models/")
     g = p.add_argument_group("stage 2 method (the released rule; edit these defaults for ablations)")
-    g.add_argument("--error_scale", choices=["class", "none"], default="class",
+    g.add_argument("--error_scale", choices=["class", "val", "none"], default="class",
                    help="class: thresholds scaled by stage 1's per-class train error / its max (released); "
+                        "val: the same, with the error measured on the val split's weak labels (--label_val); "
                         "none: a fixed threshold of --threshold_factor for every class")
     g.add_argument("--threshold_factor", type=number(0), default=0.5,
                    help="drop a label when both swapped probs fall below factor * normalised class error")
+    g.add_argument("--partners", type=number(1, kind=int), default=1,
+                   help="swap partners per video, the swapped probs averaged over them (1: the released rule)")
     g = p.add_argument_group("stage 2 files")
     g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
     g.add_argument("--output", default="modality_aware_labels.csv", help="label CSV name (stage 3 reads it)")
@@ -45,28 +49,46 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def drop_quality(drop, weak, truth_present):
-    """Precision / recall of dropped labels against truth: a drop is right when the modality truly lacks c."""
-    absent = (weak > 0) & ~truth_present
-    n_drop, n_absent = int(drop.sum()), int(absent.sum())
+def drop_quality(drop, weak, truth_present, per_class=True):
+    """Precision / recall / F1 of dropped labels against truth, overall and per class (keyed by
+    class name, classes with a weak label only): a drop is right when the modality truly lacks c."""
+    y = weak > 0
+    absent = y & ~truth_present
+    n_drop, n_absent, n_weak = int(drop.sum()), int(absent.sum()), int(y.sum())
     correct = int((drop & absent).sum())
-    return {"dropped": n_drop, "correct": correct, "truly_absent": n_absent,
-            "weak_labels": int((weak > 0).sum()),
-            "precision": correct / n_drop if n_drop else float("nan"),
-            "recall": correct / n_absent if n_absent else float("nan"),
-            "base_rate": n_absent / max(int((weak > 0).sum()), 1)}
+    precision = correct / n_drop if n_drop else float("nan")
+    recall = correct / n_absent if n_absent else float("nan")
+    q = {"dropped": n_drop, "correct": correct, "truly_absent": n_absent, "weak_labels": n_weak,
+         "precision": precision, "recall": recall,
+         "f1": 2 * correct / (n_drop + n_absent) if n_drop + n_absent else float("nan"),
+         "base_rate": n_absent / max(n_weak, 1)}
+    if per_class:
+        q["per_class"] = {name: drop_quality(drop[:, c], weak[:, c], truth_present[:, c], per_class=False)
+                          for c, name in enumerate(llp.CLASSES) if y[:, c].any()}
+    return q
 
 
-def evidence_table(filenames, partner, orig, vis_swapped, aud_swapped, drop_a, drop_v, thr_a, thr_v):
-    """One row per dropped label: video, class, partner, the swapped and original probabilities
-    and the threshold (C,) that the swapped ones fell below."""
+def quality_lines(kind, q):
+    """The per-class precision / recall / F1 of one modality's drops, one line per class with a drop
+    or a truly absent label."""
+    rows = [(name, c) for name, c in q["per_class"].items() if c["dropped"] or c["truly_absent"]]
+    width = max([len(n) for n, _ in rows], default=0)
+    return [f"  {kind} {name.ljust(width)}  dropped {c['dropped']:4d}  truly absent {c['truly_absent']:4d}  "
+            f"precision {report.precision_text(c)}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}" for name, c in rows]
+
+
+def evidence_table(filenames, partners, orig, vis_swapped, aud_swapped, drop_a, drop_v, thr_a, thr_v):
+    """One row per dropped label: video, class, its partners (K, N) (space-separated names), the
+    swapped (mean over partners) and original probabilities and the threshold (C,) that the
+    swapped ones fell below."""
     names, classes = np.asarray(filenames, dtype=object), np.asarray(llp.CLASSES, dtype=object)
+    partner = np.asarray([" ".join(names[p] for p in col) for col in np.asarray(partners).T], dtype=object)
     parts = []
     for kind, drop, swapped, thr in (("audio", drop_a, vis_swapped, thr_a), ("visual", drop_v, aud_swapped, thr_v)):
         vi, ci = np.nonzero(drop)
         parts.append(pd.DataFrame({
             "filename": names[vi], "event_label": classes[ci], "dropped": np.full(len(vi), kind, dtype=object),
-            "partner": names[partner[vi]],
+            "partner": partner[vi],
             "swapped": np.full(len(vi), "visual" if kind == "audio" else "audio", dtype=object),
             "audio_prob_swapped": swapped["audio_prob"][vi, ci].round(6),
             "visual_prob_swapped": swapped["visual_prob"][vi, ci].round(6),
@@ -102,18 +124,22 @@ def main(argv=None):
     train = data.load_split(args, args.label_train, device, name="train")
     weak = train.labels
     with clock("swap passes"):
-        partner = dataloader.pick_partners(weak, args.seed, train.filenames)
-        orig, vis, aud = stage_model.swap_probs(net, train, partner, args.eval_batch_size)
-        drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
-                                                                     args.error_scale)
-    print(f"swapped passes over {len(train)} videos in {clock.last:.2f}s")
+        partners = dataloader.pick_partners(weak, args.seed, train.filenames, draws=args.partners)  # (K, N)
+        orig, vis, aud = stage_model.swap_probs(net, train, partners, args.eval_batch_size)
+    print(f"swapped passes over {len(train)} videos, {args.partners} partner(s) each, in {clock.last:.2f}s")
+    held_out = None
+    if args.error_scale == "val":
+        val = data.load_split(args, args.label_val, device, name="val")
+        held_out = (predict(net, val, args.eval_batch_size, keys=("audio_prob", "visual_prob")), val.labels)
+    drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
+                                                                 args.error_scale, held_out)
 
     for kind, scale in (("audio", a_class), ("visual", v_class)):
         if report.normalisation_is_undefined(scale):
-            print(f"note: {report.undefined_normalisation_note(kind)}")
+            print(f"note: {report.undefined_normalisation_note(kind, 'val' if args.error_scale == 'val' else 'train')}")
     keep_a = (weak > 0) & ~drop_a
     keep_v = (weak > 0) & ~drop_v
-    evidence = evidence_table(train.filenames, partner, orig, vis, aud, drop_a, drop_v,
+    evidence = evidence_table(train.filenames, partners, orig, vis, aud, drop_a, drop_v,
                               args.threshold_factor * a_class, args.threshold_factor * v_class)
 
     print("per-class drop counts:")
@@ -132,7 +158,10 @@ def main(argv=None):
         for kind, q in (("audio", qa), ("visual", qv)):
             print(f"dropped {kind} labels vs truth: precision {report.precision_text(q)} recall {q['recall']:.3f} "
                   f"({q['correct']}/{q['dropped']} right; {q['truly_absent']} of {q['weak_labels']} weak labels "
-                  f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f})")
+                  f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f}; "
+                  f"F1 {q['f1']:.3f})")
+        print("per class:")
+        print("\n".join(quality_lines("audio", qa) + quality_lines("visual", qv)))
     out_csv = os.path.join(args.output_dir, args.output)
     with atomic_group():  # the three files belong together: they replace the previous three together
         llp.write_modality_labels(out_csv, train.filenames, weak, keep_a, keep_v)

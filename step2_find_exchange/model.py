@@ -27,13 +27,19 @@ def load_frozen(path, args, device):
 
 
 @torch.no_grad()
-def swap_probs(model, split, partner, batch_size):
-    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs."""
+def swap_probs(model, split, partners, batch_size):
+    """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs.
+
+    partners (K, N): K partners per video; the swapped probs are the mean over the K swaps (K=1:
+    the released single swap), which averages out how much one partner happens to suppress c.
+    """
     keys = ("audio_prob", "visual_prob")  # the exchange rule reads these alone
     orig = predict(model, split, batch_size, keys=keys)
-    vis = predict(model, split, batch_size, swap=(partner, "visual"), keys=keys)
-    aud = predict(model, split, batch_size, swap=(partner, "audio"), keys=keys)
-    return orig, vis, aud
+    swapped = []
+    for kind in ("visual", "audio"):
+        runs = [predict(model, split, batch_size, swap=(p, kind), keys=keys) for p in partners]
+        swapped.append({k: np.mean([r[k] for r in runs], axis=0) if len(runs) > 1 else runs[0][k] for k in keys})
+    return orig, swapped[0], swapped[1]
 
 
 def class_error_scale(prob, labels):
@@ -47,7 +53,7 @@ def class_error_scale(prob, labels):
         return err / err.max()
 
 
-def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5, error_scale="class"):
+def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5, error_scale="class", held_out=None):
     """MA's drop rule (METHOD.md section 4), vectorised.
 
     labels (N, C) weak labels; orig / vis_swapped / aud_swapped: dicts with 'audio_prob' and
@@ -57,11 +63,18 @@ def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5, error_scal
     factor * a_class[c]. Written as p / scale < factor like the released code, so a zero or NaN scale
     never drops. error_scale='none' (an option, not the released rule) uses a scale of 1 for every
     class: a fixed threshold `factor`, which still works when stage 1 fits the train labels exactly.
+    error_scale='val' (an option) measures the class error on held_out = (probs dict, labels) of
+    videos stage 1 never trained on: the same statistic, but one that memorising the train
+    labels cannot drive to 0 / 0.
     Returns (drop_audio, drop_visual) (N, C) bool, a_class (C,), v_class (C,).
     """
     y = labels > 0
     if error_scale == "none":
         a_class = v_class = np.ones(labels.shape[1])
+    elif error_scale == "val":
+        probs, held_labels = held_out
+        a_class = class_error_scale(probs["audio_prob"], held_labels)
+        v_class = class_error_scale(probs["visual_prob"], held_labels)
     else:
         a_class = class_error_scale(orig["audio_prob"], labels)
         v_class = class_error_scale(orig["visual_prob"], labels)

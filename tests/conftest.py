@@ -61,6 +61,22 @@ def tiny_llp(tmp_path_factory):
     return TinyLLP(root)
 
 
+@pytest.fixture(scope="package")
+def stage1_out(tiny_llp, tmp_path_factory):
+    """A 1-epoch stage-1 run (seed 1) on the tiny set: tmp folder holding models_step1/. Do not modify."""
+    import torch
+    tmp = tmp_path_factory.mktemp("stage1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the float sums of the one-thread subprocesses, whichever module asks first
+    try:
+        code, out, err = call_stage(STAGE1, ["--mode", "train", "--device", "cpu", "--batch-size", "16",
+                                             *tiny_llp.args(), "--epochs", "1"], tmp)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    return tmp
+
+
 @pytest.fixture
 def mutable_llp(tiny_llp, tmp_path):
     """A per-test copy of tiny_llp that the test may damage."""

@@ -296,6 +296,11 @@ def test_drop_rule_on_hand_made_probabilities():
     assert np.array_equal(da, labels > 0) and np.array_equal(dv, labels > 0) and (ac == 1).all()
     _, dv, _, _ = m.exchange_rule(labels, orig, vis_sw, aud_sw, error_scale="none")
     assert dv.tolist() == [[True, False], [False, True], [False, False], [True, False]]
+    # the val option: a model that fits the train labels (0/0 there) still drops, with the scale of
+    # its errors on held-out videos: `orig` on these labels gives a_class [1, 1], v_class [0.5, 1]
+    da, dv, ac, vc = m.exchange_rule(labels, perfect, vis_sw, aud_sw, error_scale="val", held_out=(orig, labels))
+    assert np.allclose(ac, [1.0, 1.0]) and np.allclose(vc, [0.5, 1.0])
+    assert np.array_equal(da, drop_a) and np.array_equal(dv, drop_v)
 
 
 def test_partners_share_no_class_and_are_seeded():
@@ -305,9 +310,17 @@ def test_partners_share_no_class_and_are_seeded():
     for i in range(300):
         labels[i, rng.choice(25, rng.integers(1, 4), replace=False)] = 1
     p1 = d.pick_partners(labels, seed=5)
+    assert p1.shape == (1, 300)
+    p1 = p1[0]
     assert ((labels * labels[p1]).sum(1) == 0).all() and (p1 != np.arange(300)).all()
-    assert np.array_equal(p1, d.pick_partners(labels, seed=5))
-    assert not np.array_equal(p1, d.pick_partners(labels, seed=6))
+    assert np.array_equal(p1, d.pick_partners(labels, seed=5)[0])
+    assert not np.array_equal(p1, d.pick_partners(labels, seed=6)[0])
+    # several draws: the first is the one-partner draw, every draw is valid, the draws differ
+    p4 = d.pick_partners(labels, seed=5, draws=4)
+    assert p4.shape == (4, 300) and np.array_equal(p4[0], p1)
+    for row in p4:
+        assert ((labels * labels[row]).sum(1) == 0).all() and (row != np.arange(300)).all()
+    assert (p4[1] != p4[0]).mean() > 0.9
     with pytest.raises(Exception, match="no training video shares no class"):
         d.pick_partners(np.ones((3, 25), dtype=np.float32), seed=0, filenames=["a", "b", "c"])
 
@@ -340,6 +353,29 @@ def test_stage1_targets():
     assert np.allclose(d.targets(y, 0.0)[2], y) and np.allclose(d.targets(y, 1.0)[2], 0.5)
 
 
+def test_stage2_drop_quality_overall_and_per_class():
+    from conftest import STAGE2, load_stage_main
+    main2 = load_stage_main(STAGE2)
+    weak = np.zeros((4, 25), np.float32)
+    weak[:, 0] = 1
+    weak[:2, 1] = 1
+    present = np.ones((4, 25), bool)
+    present[[0, 1], 0] = False      # class 0 truly absent in videos 0, 1
+    present[0, 1] = False           # class 1 truly absent in video 0
+    drop = np.zeros((4, 25), bool)
+    drop[[0, 2], 0] = True          # one right, one wrong
+    drop[0, 1] = True               # right
+    q = main2.drop_quality(drop, weak, present)
+    assert (q["dropped"], q["correct"], q["truly_absent"], q["weak_labels"]) == (3, 2, 3, 6)
+    assert q["precision"] == pytest.approx(2 / 3) and q["recall"] == pytest.approx(2 / 3)
+    assert q["f1"] == pytest.approx(2 / 3) and q["base_rate"] == pytest.approx(0.5)
+    assert set(q["per_class"]) == {llp.CLASSES[0], llp.CLASSES[1]}
+    c0, c1 = q["per_class"][llp.CLASSES[0]], q["per_class"][llp.CLASSES[1]]
+    assert (c0["precision"], c0["recall"], c0["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (c1["precision"], c1["recall"], c1["f1"], c1["base_rate"]) == pytest.approx((1.0, 1.0, 1.0, 0.5))
+    assert "per_class" not in c0
+
+
 def test_stage2_evidence_of_float32_probabilities_reads_back(tmp_path):
     """The evidence CSV holds the swapped and original probabilities (float32, to 6
     decimals) and the thresholds: written as short decimals, read back to the same float32 values."""
@@ -356,7 +392,9 @@ def test_stage2_evidence_of_float32_probabilities_reads_back(tmp_path):
     drop_a[1, 3] = drop_a[4, 0] = drop_v[2, 24] = True
     partner = np.array([3, 4, 5, 0, 1, 2])
     thr = np.linspace(0.1, 0.5, 25)
-    table = main2.evidence_table(names, partner, orig, vis, aud, drop_a, drop_v, thr, thr / 2)
+    two = main2.evidence_table(names, np.stack([partner, partner[::-1]]), orig, vis, aud, drop_a, drop_v, thr, thr / 2)
+    assert two["partner"].tolist() == [f"{names[4]} {names[1]}", f"{names[1]} {names[4]}", f"{names[5]} {names[0]}"]
+    table = main2.evidence_table(names, partner[None], orig, vis, aud, drop_a, drop_v, thr, thr / 2)
     llp.write_tsv(table, tmp_path / "e.csv")
     text = (tmp_path / "e.csv").read_text()
     back = pd.read_csv(tmp_path / "e.csv", sep="\t")

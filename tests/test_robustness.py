@@ -71,15 +71,6 @@ def no_temp_files(folder):
 
 
 @pytest.fixture(scope="module")
-def stage1_out(tiny_llp, tmp_path_factory):
-    """A 1-epoch stage-1 run (seed 1) on the tiny set: tmp folder holding models_step1/."""
-    tmp = tmp_path_factory.mktemp("stage1")
-    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", "1"], tmp)
-    assert code == 0, err
-    return tmp
-
-
-@pytest.fixture(scope="module")
 def reference_2_epochs(tiny_llp, tmp_path_factory):
     """An uninterrupted 2-epoch stage-1 run with a per-epoch lr step: the target of the resume tests."""
     tmp = tmp_path_factory.mktemp("ref2")

@@ -1,0 +1,124 @@
+"""Which modality-aware labels? Stage-2 estimators scored against truth, and stage 3 trained on each.
+
+    python benchmarks/estimators.py [--seeds 1 2 3] [--data_dir data --feats_dir feats] [--workdir runs/estimators]
+
+On a synthetic set (made first if absent; its train truth scores the drops), for every seed:
+stage 1 once, then each estimator's labels, stage 3 retrained on them:
+  released     stage 2 as released (one partner per video, thresholds scaled by class error)
+  partners8    --partners 8: the swapped probabilities averaged over 8 partners
+  val_scale    --error_scale val: the class error behind the thresholds measured on the val split
+  partners8_val  both
+  reestimate   the released rule on the released stage-3 model instead of the stage-1 model
+  oracle       the TRUE modality labels (an upper bound: what perfect drops would give)
+  no_drop      every weak label kept (stage 3 on the weak labels alone)
+Prints one row per estimator: precision / recall / F1 of the dropped audio and visual labels and
+stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds; writes
+--out .md and .json. A run whose output exists is not run again.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from avvp import llp, synth  # noqa: E402
+from avvp.config import path_args  # noqa: E402
+from pipeline import oracle_csv, stage  # noqa: E402
+
+STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type@AV",
+               "evt_type": "evt Type@AV"}
+# estimator -> (stage-2 flags, the model stage 2 reads: a run name under the seed's folder)
+ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "stage1"),
+              "val_scale": (["--error_scale", "val"], "stage1"),
+              "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
+              "reestimate": ([], "stage3_released")}
+
+
+def no_drop_csv(data, path):
+    train = llp.read_weak(data / llp.WEAK_FILES["train"])
+    y = train.labels > 0
+    llp.write_modality_labels(path, train.filenames, y, y, y)
+
+
+def mean_std(values):
+    v = [x for x in values if x == x]  # NaN (nothing dropped) left out
+    return f"{np.mean(v):.3f} +- {np.std(v):.3f}" if v else "n/a"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--data_dir", default=str(ROOT / "data"))
+    p.add_argument("--feats_dir", default=str(ROOT / "feats"))
+    p.add_argument("--workdir", default=str(ROOT / "runs" / "estimators"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of stages 1 and 3 (12: the released recipe)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimators"))
+    a = p.parse_args()
+    data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
+    if not (data / llp.WEAK_FILES["train"]).is_file():
+        synth.generate(data, feats)
+    work.mkdir(parents=True, exist_ok=True)
+    fixed = {"oracle": work / "oracle_labels.csv", "no_drop": work / "no_drop_labels.csv"}
+    oracle_csv(data, fixed["oracle"])
+    no_drop_csv(data, fixed["no_drop"])
+    truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
+             "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
+    rows = list(ESTIMATORS) + list(fixed)
+    quality = {r: [] for r in ESTIMATORS}   # per seed: estimate_meta.json's quality
+    scores = {r: [] for r in ["stage1", *rows]}
+    with open(work / "log.txt", "a") as log:
+        for s in a.seeds:
+            w = work / f"seed{s}"
+            common = [*path_args(data, feats), "--no_progress", "--device", a.device, "--seed", str(s)]
+            train = ["--epochs", str(a.epochs)]
+            t0 = time.perf_counter()
+            stage("step1_train_base_model", ["--mode", "train", *common, *train, "--model_save_dir", f"{w}/stage1"], log,
+                  w / "stage1" / "test_metrics.json")
+            for name, (flags, source) in ESTIMATORS.items():  # reestimate comes last: it reads released's stage 3
+                stage("step2_find_exchange", ["--mode", "estimate_labels", *common, *flags, *truth,
+                                              "--model_save_dir", f"{w}/{source}", "--output_dir", f"{w}/stage2_{name}"],
+                      log, w / f"stage2_{name}" / "estimate_meta.json")
+                stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
+                                        "--label_ma", f"{w}/stage2_{name}/modality_aware_labels.csv"],
+                      log, w / f"stage3_{name}" / "test_metrics.json")
+            for name, csv in fixed.items():
+                stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
+                                        "--label_ma", str(csv)], log, w / f"stage3_{name}" / "test_metrics.json")
+            print(f"seed {s}: {time.perf_counter() - t0:.0f}s", flush=True)
+            for name in scores:
+                run = "stage1" if name == "stage1" else f"stage3_{name}"
+                scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
+            for name in ESTIMATORS:
+                quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())["quality"])
+
+    head = ["estimator", "drop A P", "drop A R", "drop A F1", "drop V P", "drop V R", "drop V F1",
+            *STAGE3_KEYS.values()]
+    lines = [f"Synthetic set {data}, test split; mean +- std over seeds {a.seeds}; stage-2 drops scored against the "
+             "train truth; the metrics are stage 3's (stage1: the base model).", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, runs in scores.items():
+        q = quality.get(name)
+        drops = [mean_std([x[kind][m] for x in q]) if q else "" for kind in ("audio", "visual")
+                 for m in ("precision", "recall", "f1")]
+        metrics = [f"{np.mean([r[k] for r in runs]):.1f} +- {np.std([r[k] for r in runs]):.1f}" for k in STAGE3_KEYS]
+        lines.append("| " + " | ".join([name, *drops, *metrics]) + " |")
+    base = quality["released"][0]
+    lines += ["", f"base rates (share of weak labels truly absent): audio {base['audio']['base_rate']:.3f}, "
+              f"visual {base['visual']['base_rate']:.3f}"]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": str(data), "scores": scores,
+                                                    "quality": quality}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
