@@ -171,9 +171,9 @@ def main(argv=None):
     networks = nets.build(args.random_weights, args.vggish_postprocess, args.weights_dir, args.download)
     for folder in FOLDERS.values():
         ensure_writable_dir(os.path.join(args.out, folder), "feature folder")
-    done = [v for v in videos if not args.overwrite and all(map(os.path.isfile, output_paths(args.out, v[0]).values()))]
-    todo = [v for v in videos if v not in done]
-    print(f"{len(videos)} video(s): {len(todo)} to extract, {len(done)} already done; device {device}, "
+    finished = [not args.overwrite and all(map(os.path.isfile, output_paths(args.out, vid).values())) for vid, _ in videos]
+    todo = [v for v, f in zip(videos, finished) if not f]
+    print(f"{len(videos)} video(s): {len(todo)} to extract, {sum(finished)} already done; device {device}, "
           f"{args.workers} decoding worker(s)")
     extractor = Extractor(networks, device, args.batch_frames)
     batch_videos = max(1, args.batch_frames // media.FRAMES)

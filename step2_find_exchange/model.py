@@ -38,7 +38,7 @@ def swap_probs(model, split, partners, batch_size):
     swapped = []
     for kind in ("visual", "audio"):
         runs = [predict(model, split, batch_size, swap=(p, kind), keys=keys) for p in partners]
-        swapped.append({k: np.mean([r[k] for r in runs], axis=0) if len(runs) > 1 else runs[0][k] for k in keys})
+        swapped.append({k: np.mean([r[k] for r in runs], axis=0) for k in keys})  # the mean of one run is that run
     return orig, swapped[0], swapped[1]
 
 
@@ -71,13 +71,10 @@ def exchange_rule(labels, orig, vis_swapped, aud_swapped, factor=0.5, error_scal
     y = labels > 0
     if error_scale == "none":
         a_class = v_class = np.ones(labels.shape[1])
-    elif error_scale == "val":
-        probs, held_labels = held_out
-        a_class = class_error_scale(probs["audio_prob"], held_labels)
-        v_class = class_error_scale(probs["visual_prob"], held_labels)
-    else:
-        a_class = class_error_scale(orig["audio_prob"], labels)
-        v_class = class_error_scale(orig["visual_prob"], labels)
+    else:  # the error of the original inputs' probs: on the train labels, or on the held-out ones
+        probs, scored = held_out if error_scale == "val" else (orig, labels)
+        a_class = class_error_scale(probs["audio_prob"], scored)
+        v_class = class_error_scale(probs["visual_prob"], scored)
     with np.errstate(invalid="ignore", divide="ignore"):
         drop_v = y & (aud_swapped["visual_prob"] / v_class < factor) & (aud_swapped["audio_prob"] / v_class < factor)
         drop_a = y & (vis_swapped["audio_prob"] / a_class < factor) & (vis_swapped["visual_prob"] / a_class < factor)
