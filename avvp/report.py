@@ -9,6 +9,7 @@ import os
 
 from .evaluate import KEYS, format_table
 from .errors import AVVPError, cli
+from .llp import CLASSES
 
 
 def normalisation_is_undefined(scale):
@@ -25,6 +26,25 @@ def undefined_normalisation_note(kind, split="train"):
     return (f"stage 1 made no {kind} error on the {split} labels, so the per-class normalisation is 0/0 "
             f"and no {kind} label can be dropped (--error_scale val measures the error on the val split, "
             f"--error_scale none drops with a fixed threshold)")
+
+
+def drop_quality(drop, weak, truth_present, per_class=True):
+    """Precision / recall / F1 of dropped labels against truth, overall and per class (keyed by
+    class name, classes with a weak label only): a drop is right when the modality truly lacks c."""
+    y = weak > 0
+    absent = y & ~truth_present
+    n_drop, n_absent, n_weak = int(drop.sum()), int(absent.sum()), int(y.sum())
+    correct = int((drop & absent).sum())
+    precision = correct / n_drop if n_drop else float("nan")
+    recall = correct / n_absent if n_absent else float("nan")
+    q = {"dropped": n_drop, "correct": correct, "truly_absent": n_absent, "weak_labels": n_weak,
+         "precision": precision, "recall": recall,
+         "f1": 2 * correct / (n_drop + n_absent) if n_drop + n_absent else float("nan"),
+         "base_rate": n_absent / max(n_weak, 1)}
+    if per_class:
+        q["per_class"] = {name: drop_quality(drop[:, c], weak[:, c], truth_present[:, c], per_class=False)
+                          for c, name in enumerate(CLASSES) if y[:, c].any()}
+    return q
 
 
 def precision_text(quality):

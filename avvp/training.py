@@ -41,12 +41,15 @@ class Trainer:
     from the stage's own flags.
     """
 
-    def __init__(self, args, model, split, targets, device, loss_options):
+    def __init__(self, args, model, split, targets, device, loss_options, denoiser=None):
         self.args, self.model, self.split, self.device = args, model, split, device
+        # stage 3's --denoise: denoiser.refresh(model, split, epoch) before each epoch, then
+        # denoiser.targets(idx) -> the batch's (audio, visual) targets (the graph path reads fixed ones)
+        self.denoiser = denoiser
         self.loss_options = dict(loss_options)
         self.t_video, self.t_audio, self.t_visual = (torch.as_tensor(t, dtype=torch.float32, device=device)
                                                      for t in targets)
-        self.use_graph = device.type == "cuda" and args.graph != "off" and split.resident
+        self.use_graph = device.type == "cuda" and args.graph != "off" and split.resident and denoiser is None
         if args.graph == "on" and device.type != "cuda":
             print("note: --graph on needs CUDA; training eagerly on", device)
         self.opt, self.sched = build_optimizer(args, model, capturable=self.use_graph)
@@ -63,7 +66,9 @@ class Trainer:
 
     def loss(self, idx):
         out = self.model(*self.split.inputs(idx))
-        return mmil_loss(out, self.t_video[idx], self.t_audio[idx], self.t_visual[idx], **self.loss_options)[0]
+        t_audio, t_visual = ((self.t_audio[idx], self.t_visual[idx]) if self.denoiser is None
+                             else self.denoiser.targets(idx))
+        return mmil_loss(out, self.t_video[idx], t_audio, t_visual, **self.loss_options)[0]
 
     def step(self, idx):
         loss = self.loss(idx)
@@ -113,6 +118,8 @@ class Trainer:
         perm = torch.randperm(n, generator=self.gen).to(self.device)
         nb = math.ceil(n / bs)
         losses = torch.zeros(nb, device=self.device)
+        if self.denoiser is not None:
+            self.denoiser.refresh(self.model, self.split, epoch, self.args.eval_batch_size)
         if self.use_graph and self.graph is None and n >= bs:
             self.capture()
         bar = tqdm(range(nb), desc=f"epoch {epoch}", leave=False, disable=self.args.no_progress, mininterval=1.0)

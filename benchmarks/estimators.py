@@ -9,6 +9,10 @@ stage 1 once, then each estimator's labels, stage 3 retrained on them:
   val_scale    --error_scale val: the class error behind the thresholds measured on the val split
   partners8_val  both
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
+  denoise      stage 3 --denoise joint on released's labels: the weak labels, with per-class shares
+               of drops from stage 2 and the labels to drop chosen by stage 3's own losses (its
+               drops are scored as stage 3 writes them after the last epoch)
+  partners8_val_denoise  the same on partners8_val's labels (larger shares: its recall is higher)
   oracle       the TRUE modality labels (an upper bound: what perfect drops would give)
   no_drop      every weak label kept (stage 3 on the weak labels alone)
 Prints one row per estimator: precision / recall / F1 of the dropped audio and visual labels and
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from avvp import llp, synth  # noqa: E402
+from avvp.report import drop_quality  # noqa: E402
 from avvp.config import path_args  # noqa: E402
 from pipeline import oracle_csv, stage  # noqa: E402
 
@@ -37,6 +42,19 @@ ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "st
               "val_scale": (["--error_scale", "val"], "stage1"),
               "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
               "reestimate": ([], "stage3_released")}
+# stage-3 options: row -> (stage-3 flags, the estimator whose stage-2 labels it reads)
+STAGE3_OPTIONS = {"denoise": (["--denoise", "joint"], "released"),
+                  "partners8_val_denoise": (["--denoise", "joint"], "partners8_val")}
+
+
+def csv_quality(data, path):
+    """Drop precision / recall / F1 of a modality-aware label CSV against the synthetic train truth."""
+    names, weak, audio, visual = llp.read_modality_labels(path)
+    truth = [llp.read_dense_matrix(data / f"synthetic_train_eval_{k}.csv", names).any(axis=2)
+             for k in ("audio", "visual")]
+    y = weak > 0
+    return {"audio": drop_quality(y & (audio == 0), weak, truth[0], per_class=False),
+            "visual": drop_quality(y & (visual == 0), weak, truth[1], per_class=False)}
 
 
 def no_drop_csv(data, path):
@@ -69,8 +87,8 @@ def main():
     no_drop_csv(data, fixed["no_drop"])
     truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
              "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
-    rows = list(ESTIMATORS) + list(fixed)
-    quality = {r: [] for r in ESTIMATORS}   # per seed: estimate_meta.json's quality
+    rows = list(ESTIMATORS) + list(STAGE3_OPTIONS) + list(fixed)
+    quality = {r: [] for r in [*ESTIMATORS, *STAGE3_OPTIONS]}   # per seed: estimate_meta.json's quality
     scores = {r: [] for r in ["stage1", *rows]}
     with open(work / "log.txt", "a") as log:
         for s in a.seeds:
@@ -87,6 +105,11 @@ def main():
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", f"{w}/stage2_{name}/modality_aware_labels.csv"],
                       log, w / f"stage3_{name}" / "test_metrics.json")
+            for name, (flags, source) in STAGE3_OPTIONS.items():
+                stage("step3_retrain", ["--mode", "retrain", *common, *train, *flags, "--model_save_dir",
+                                        f"{w}/stage3_{name}", "--label_ma",
+                                        f"{w}/stage2_{source}/modality_aware_labels.csv"],
+                      log, w / f"stage3_{name}" / "test_metrics.json")
             for name, csv in fixed.items():
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", str(csv)], log, w / f"stage3_{name}" / "test_metrics.json")
@@ -96,6 +119,8 @@ def main():
                 scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
             for name in ESTIMATORS:
                 quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())["quality"])
+            for name in STAGE3_OPTIONS:
+                quality[name].append(csv_quality(data, w / f"stage3_{name}" / "denoised_labels.csv"))
 
     head = ["estimator", "drop A P", "drop A R", "drop A F1", "drop V P", "drop V R", "drop V F1",
             *STAGE3_KEYS.values()]

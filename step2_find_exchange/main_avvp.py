@@ -19,6 +19,7 @@ from avvp.config import number
 from avvp.errors import cli
 from avvp.files import atomic_group, atomic_write_text, ensure_writable_dir
 from avvp.predict import predict
+from avvp.report import drop_quality
 from avvp.timing import clock
 
 import dataloader
@@ -47,25 +48,6 @@ def get_args(argv=None):
     g.add_argument("--train_truth_visual", default="../data/synthetic_train_eval_visual.csv",
                    help="dense visual truth of train videos (synthetic data only); scored when present")
     return p.parse_args(argv)
-
-
-def drop_quality(drop, weak, truth_present, per_class=True):
-    """Precision / recall / F1 of dropped labels against truth, overall and per class (keyed by
-    class name, classes with a weak label only): a drop is right when the modality truly lacks c."""
-    y = weak > 0
-    absent = y & ~truth_present
-    n_drop, n_absent, n_weak = int(drop.sum()), int(absent.sum()), int(y.sum())
-    correct = int((drop & absent).sum())
-    precision = correct / n_drop if n_drop else float("nan")
-    recall = correct / n_absent if n_absent else float("nan")
-    q = {"dropped": n_drop, "correct": correct, "truly_absent": n_absent, "weak_labels": n_weak,
-         "precision": precision, "recall": recall,
-         "f1": 2 * correct / (n_drop + n_absent) if n_drop + n_absent else float("nan"),
-         "base_rate": n_absent / max(n_weak, 1)}
-    if per_class:
-        q["per_class"] = {name: drop_quality(drop[:, c], weak[:, c], truth_present[:, c], per_class=False)
-                          for c, name in enumerate(llp.CLASSES) if y[:, c].any()}
-    return q
 
 
 def quality_lines(kind, q):

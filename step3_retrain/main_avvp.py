@@ -11,10 +11,11 @@ import os
 
 from avvp import data, llp, stage, training
 from avvp.checkpoints import checkpoint_path
-from avvp.config import add_loss_args
+from avvp.config import add_loss_args, number
 from avvp.errors import AVVPError, cli
 
 import dataloader
+import denoise
 import model as stage_model
 
 STAGE = "stage3"
@@ -30,6 +31,12 @@ def get_args(argv=None):
     g.add_argument("--smooth_dropped", action=argparse.BooleanOptionalAction, default=True,
                    help="visual smoothing also applies to dropped visual labels (target 0.05); "
                         "--no-smooth_dropped sets them to exactly 0")
+    g.add_argument("--denoise", choices=["off", "joint"], default="off",
+                   help="off: train on stage 2's labels as they are (released); joint: train on the weak labels "
+                        "and drop, per batch and class, those whose loss is large in one modality and small in the "
+                        "other (JoMoLD's rule), as many as stage 2 drops of that class (denoise.py)")
+    g.add_argument("--denoise_warmup", type=number(0), default=1.0,
+                   help="--denoise joint: epochs over which the share of labels dropped ramps up from 0")
     # contrastive_weight 0 gives the paper's "MA, labels only"
     add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
                   visual_smoothing=0.1)
@@ -56,9 +63,24 @@ def main(argv=None):
     y = train.labels > 0
     print(f"stage 3: {len(train)} train videos, {int(y.sum())} weak labels; modality-aware labels from "
           f"{args.label_ma}: {int((y & (audio == 0)).sum())} audio and {int((y & (visual == 0)).sum())} visual dropped")
-    trainer = training.Trainer(args, net, train, t, device, stage_model.loss_options(args))
+    denoiser = None
+    if args.denoise == "joint":
+        ratio_a, ratio_v = denoise.drop_ratios(train.labels, audio, visual)
+        denoiser = denoise.JointDenoiser(train.labels, ratio_a, ratio_v, args.denoise_warmup,
+                                         args.visual_smoothing, device)
+        t = (y.astype("float32"), *t[1:])  # the video target stays the weak labels
+        print(f"--denoise joint: training on the weak labels; per class, up to stage 2's share of drops goes "
+              f"from each modality (audio {ratio_a.mean():.3f}, visual {ratio_v.mean():.3f} on average)")
+    trainer = training.Trainer(args, net, train, t, device, stage_model.loss_options(args), denoiser)
     training.fit(args, trainer, val, test, STAGE, device, extra={"label_ma": args.label_ma})
     print(f"saved {checkpoint_path(args)}")
+    if denoiser is not None:
+        dropped = denoiser.dropped.cpu().numpy()                                  # (N, 25, 2)
+        out = os.path.join(args.model_save_dir, "denoised_labels.csv")
+        llp.write_modality_labels(out, train.filenames, y, y & ~dropped[..., 0], y & ~dropped[..., 1])
+        n_a, n_v = denoiser.counts()
+        print(f"denoised labels (after the last epoch): {n_a} audio and {n_v} visual dropped; "
+              f"written to {out}")
 
 
 if __name__ == "__main__":

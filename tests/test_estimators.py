@@ -57,3 +57,48 @@ def test_partners_and_val_error_scale(tiny_llp, stage1_out, tmp_path):
                 p, r = q["precision"], q["recall"]
                 assert abs(q["f1"] - 2 * p * r / (p + r)) < 1e-9
     assert "per class:" in out1 and "  visual " in out1
+
+
+def test_joint_drops_by_hand():
+    import torch
+    from conftest import STAGE3, load_stage_main
+    load_stage_main(STAGE3)
+    import denoise
+    # one class, 5 labelled videos and one without the label; visual losses high for 0, 1, 2,
+    # audio losses low for 1, 2, 3: with ratio 0.4, n = floor(0.4 * 5) = 2, so the two largest
+    # visual losses (0, 1) meet the two smallest audio losses (1, 2) at video 1 only
+    loss_v = torch.tensor([[5.0], [4.0], [3.0], [0.1], [0.2], [9.0]])
+    loss_a = torch.tensor([[3.0], [0.1], [0.2], [0.3], [4.0], [0.0]])
+    pos = torch.tensor([[True], [True], [True], [True], [True], [False]])
+    ratio = torch.tensor([0.4])
+    drop_a, drop_v = denoise.joint_drops(loss_a, loss_v, pos, torch.tensor([0.0]), ratio)
+    assert drop_v[:, 0].tolist() == [False, True, False, False, False, False]
+    assert not drop_a.any()
+    # audio, roles swapped: largest audio losses 4, 0; smallest visual losses 3, 4 -> video 4
+    drop_a, drop_v = denoise.joint_drops(loss_a, loss_v, pos, ratio, torch.tensor([0.0]))
+    assert drop_a[:, 0].tolist() == [False, False, False, False, True, False] and not drop_v.any()
+    ra, rv = denoise.drop_ratios(np.array([[1, 1], [1, 0]]), np.array([[0, 1], [1, 0]]), np.array([[1, 0], [0, 0]]))
+    assert ra.tolist() == [0.5, 0.0] and rv.tolist() == [0.5, 1.0]
+
+
+def test_stage3_joint_denoising(tiny_llp, stage1_out, tmp_path):
+    from conftest import STAGE3
+    _, meta, _, (names, weak, audio, visual) = estimate(tiny_llp, stage1_out, tmp_path, "released")
+    out_dir = tmp_path / "m3"
+    code, out, err = call_stage(STAGE3, ["--mode", "retrain", "--device", "cpu", *tiny_llp.args(), "--epochs", "2",
+                                         "--label_ma", tmp_path / "released" / "modality_aware_labels.csv",
+                                         "--model_save_dir", out_dir, "--denoise", "joint"], tmp_path)
+    assert code == 0, err
+    assert "--denoise joint: training on the weak labels" in out
+    n2, w2, a2, v2 = llp.read_modality_labels(out_dir / "denoised_labels.csv")
+    order = [n2.index(f) for f in names]
+    w2, a2, v2 = w2[order], a2[order], v2[order]
+    assert (w2 == weak).all()
+    y = weak > 0
+    da, dv = y & (a2 == 0), y & (v2 == 0)
+    # per class at most stage 2's share of drops goes: floor(ratio * labels of the class)
+    for kind, d, kept in (("audio", da, audio), ("visual", dv, visual)):
+        cap = np.floor((y & (kept == 0)).sum(axis=0) / np.maximum(y.sum(axis=0), 1) * y.sum(axis=0) + 1e-9)
+        assert (d.sum(axis=0) <= cap).all(), kind
+    assert f"{int(da.sum())} audio and {int(dv.sum())} visual dropped" in out
+    assert int(dv.sum()) > 0 or meta["quality"]["visual"]["dropped"] == 0
