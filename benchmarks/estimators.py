@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from avvp import llp, synth  # noqa: E402
 from avvp.report import drop_quality  # noqa: E402
 from avvp.config import path_args  # noqa: E402
-from pipeline import oracle_csv, stage  # noqa: E402
+from pipeline import oracle_csv, stage, train_presence, truth_flags  # noqa: E402
 
 STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type@AV",
                "evt_type": "evt Type@AV"}
@@ -50,8 +50,7 @@ STAGE3_OPTIONS = {"denoise": (["--denoise", "joint"], "released"),
 def csv_quality(data, path):
     """Drop precision / recall / F1 of a modality-aware label CSV against the synthetic train truth."""
     names, weak, audio, visual = llp.read_modality_labels(path)
-    truth = [llp.read_dense_matrix(data / f"synthetic_train_eval_{k}.csv", names).any(axis=2)
-             for k in ("audio", "visual")]
+    truth = train_presence(data, names)
     y = weak > 0
     return {"audio": drop_quality(y & (audio == 0), weak, truth[0], per_class=False),
             "visual": drop_quality(y & (visual == 0), weak, truth[1], per_class=False)}
@@ -85,8 +84,7 @@ def main():
     fixed = {"oracle": work / "oracle_labels.csv", "no_drop": work / "no_drop_labels.csv"}
     oracle_csv(data, fixed["oracle"])
     no_drop_csv(data, fixed["no_drop"])
-    truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
-             "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
+    truth = truth_flags(data)
     rows = list(ESTIMATORS) + list(STAGE3_OPTIONS) + list(fixed)
     quality = {r: [] for r in [*ESTIMATORS, *STAGE3_OPTIONS]}   # per seed: estimate_meta.json's quality
     scores = {r: [] for r in ["stage1", *rows]}

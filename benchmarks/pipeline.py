@@ -47,10 +47,25 @@ def stage(folder, args, log, done=None):
     return time.perf_counter() - t0
 
 
+def truth_paths(data):
+    """The synthetic set's train truth files, audio then visual."""
+    return [f"{data}/synthetic_train_eval_{kind}.csv" for kind in ("audio", "visual")]
+
+
+def truth_flags(data):
+    """Stage 2's flags that score its drops against the synthetic train truth."""
+    audio, visual = truth_paths(data)
+    return ["--train_truth_audio", audio, "--train_truth_visual", visual]
+
+
+def train_presence(data, filenames):
+    """Whether each (train video, class) is truly audible and truly visible: (N, 25) bool each."""
+    return [llp.read_dense_matrix(p, filenames).any(axis=2) for p in truth_paths(data)]
+
+
 def oracle_csv(data, path):
     train = llp.read_weak(data / llp.WEAK_FILES["train"])
-    ta = llp.read_dense_matrix(data / "synthetic_train_eval_audio.csv", train.filenames).any(axis=2)
-    tv = llp.read_dense_matrix(data / "synthetic_train_eval_visual.csv", train.filenames).any(axis=2)
+    ta, tv = train_presence(data, train.filenames)
     y = train.labels > 0
     llp.write_modality_labels(path, train.filenames, y, y & ta, y & tv)
 
@@ -92,8 +107,7 @@ def main():
             sp = [*s2, *training]
             t0 = time.perf_counter()
             ran = 0.0  # seconds spent in stages actually run for this seed (0: all were done already)
-            truth = ["--train_truth_audio", f"{data}/synthetic_train_eval_audio.csv",
-                     "--train_truth_visual", f"{data}/synthetic_train_eval_visual.csv"]
+            truth = truth_flags(data)
             no_c = ["--contrastive_weight", "0"]
             if "HAN" in runs or a.extras:
                 ran += stage("step1_train_base_model", ["--mode", "train", *sp, *no_c, "--model_save_dir", f"{w}/han"],
