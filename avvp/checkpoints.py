@@ -12,6 +12,11 @@ def checkpoint_path(args):
     return os.path.join(args.model_save_dir, args.checkpoint)
 
 
+def fold_dir(model_save_dir, k, folds):
+    """Where stage 1 --folds writes fold model k (1-based) of `folds`, and stage 2 --folds reads it."""
+    return os.path.join(model_save_dir, f"fold{k}of{folds}")
+
+
 def arch_of(args):
     return {"num_classes": llp.NUM_CLASSES, "d_model": 512, "frame_pool": args.frame_pool}
 

@@ -111,6 +111,24 @@ def add_loss_args(g, contrastive_weight, temperature, contrastive_smoothing, con
                    help="visual target = (1 - s) * y + s / 2, y = the visual labels (0.1: 0.9 y + 0.05)")
 
 
+def add_recipe_arg(g, robust):
+    """--recipe released|robust in a stage's method group; robust: {flag dest: value} (may be empty)."""
+    what = ", ".join(f"--{k} {v}" for k, v in robust.items()) or "the released recipe in this stage"
+    g.add_argument("--recipe", choices=["released", "robust"], default="released",
+                   help=f"released: MA's recipe (the defaults); robust: {what} (see docs/RESULTS.md); "
+                        "a flag given explicitly still wins")
+
+
+def parse_with_recipe(p, argv, robust):
+    """Parse argv; under --recipe robust, again with robust's values as the defaults, so that an
+    explicit flag overrides the recipe and vars(args) records both the recipe and every option."""
+    args = p.parse_args(argv)
+    if args.recipe == "robust" and robust:
+        p.set_defaults(**robust)
+        args = p.parse_args(argv)
+    return args
+
+
 def path_args(data_dir, feats_dir, **override):
     """The data flags of a stage for LLP's label files in `data_dir` and the three feature folders in
     `feats_dir` (the layout avvp.synth writes). override: flag name -> path. Returns argv strings."""

@@ -35,6 +35,14 @@ class Split:
     def __len__(self):
         return len(self.filenames)
 
+    def subset(self, rows):
+        """The videos at `rows` (ascending indices) as a Split of their own (features copied)."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        pick = (lambda a: None if a is None else a[rows])
+        return Split([self.filenames[i] for i in rows], pick(self.labels),
+                     {k: v[idx.to(v.device)] for k, v in self.feats.items()}, self.device,
+                     pick(self.gt_a), pick(self.gt_v), self.path)
+
     def inputs(self, idx, v_idx=None):
         """Batch tensors on the model's device: audio of videos `idx`, visual of `v_idx` (default `idx`)."""
         v_idx = idx if v_idx is None else v_idx

@@ -11,22 +11,23 @@ PREDICT_KEYS = ("video_prob", "audio_prob", "visual_prob", "frame_prob")
 
 
 @torch.no_grad()
-def predict(model, split, batch_size=256, swap=None, keys=PREDICT_KEYS):
+def predict(model, split, batch_size=256, swap=None, keys=PREDICT_KEYS, rows=None):
     """Run the model in eval mode over a split in large batches.
 
     swap: None, or (partner (N,) long, 'audio' | 'visual'): replace that modality of video i by
     partner[i]'s. keys: the outputs wanted, of video_prob, audio_prob, visual_prob (N, C) and
-    frame_prob (N, 10, 2, C). Returns a numpy dict of them; outputs stay on the model's device
-    until the end (one copy to the host per output, not one per batch).
+    frame_prob (N, 10, 2, C). rows: None (every video), or the indices (R,) of the videos to run,
+    the outputs then (R, ...) in that order. Returns a numpy dict of them; outputs stay on the
+    model's device until the end (one copy to the host per output, not one per batch).
     """
     was_training = model.training
     model.eval()
-    n = len(split)
     outs = {k: [] for k in keys}
     dev = split.feats["audio"].device
     partner = None if swap is None else torch.as_tensor(swap[0], device=dev)
-    for s in range(0, n, batch_size):
-        idx = torch.arange(s, min(s + batch_size, n), device=dev)
+    order = torch.arange(len(split), device=dev) if rows is None else torch.as_tensor(rows, device=dev)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
         a_idx = v_idx = idx
         if swap is not None:
             a_idx, v_idx = (partner[idx], idx) if swap[1] == "audio" else (idx, partner[idx])

@@ -6,6 +6,9 @@ On a synthetic set (made first if absent; its train truth scores the drops), for
 stage 1 once, then each estimator's labels, stage 3 retrained on them:
   released     stage 2 as released (one partner per video, thresholds scaled by class error)
   partners8    --partners 8: the swapped probabilities averaged over 8 partners
+  folds2       stage 1 --folds 2 and stage 2 --folds 2: every train video read by a base model
+               trained on the other half of the train split (cross-fitting)
+  robust       --recipe robust in all three stages: folds2 and --partners 8 (stage 3 as released)
   val_scale    --error_scale val: the class error behind the thresholds measured on the val split
   partners8_val  both
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
@@ -37,8 +40,13 @@ from pipeline import oracle_csv, stage, train_presence, truth_flags  # noqa: E40
 
 STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type@AV",
                "evt_type": "evt Type@AV"}
+# stage-1 runs: name under the seed's folder -> (stage-1 flags, the file that marks it done)
+STAGE1_RUNS = {"stage1": ([], "test_metrics.json"),
+               "stage1_folds2": (["--folds", "2"], "fold2of2/test_metrics.json")}  # = stage 1 --recipe robust
 # estimator -> (stage-2 flags, the model stage 2 reads: a run name under the seed's folder)
 ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "stage1"),
+              "folds2": (["--folds", "2"], "stage1_folds2"),
+              "robust": (["--recipe", "robust"], "stage1_folds2"),
               "val_scale": (["--error_scale", "val"], "stage1"),
               "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
               "reestimate": ([], "stage3_released")}
@@ -94,8 +102,9 @@ def main():
             common = [*path_args(data, feats), "--no_progress", "--device", a.device, "--seed", str(s)]
             train = ["--epochs", str(a.epochs)]
             t0 = time.perf_counter()
-            stage("step1_train_base_model", ["--mode", "train", *common, *train, "--model_save_dir", f"{w}/stage1"], log,
-                  w / "stage1" / "test_metrics.json")
+            for name, (flags, done) in STAGE1_RUNS.items():
+                stage("step1_train_base_model", ["--mode", "train", *common, *train, *flags, "--model_save_dir",
+                                                 f"{w}/{name}"], log, w / name / done)
             for name, (flags, source) in ESTIMATORS.items():  # reestimate comes last: it reads released's stage 3
                 stage("step2_find_exchange", ["--mode", "estimate_labels", *common, *flags, *truth,
                                               "--model_save_dir", f"{w}/{source}", "--output_dir", f"{w}/stage2_{name}"],

@@ -1,4 +1,4 @@
-"""Stage 1's training targets, from the weak labels alone."""
+"""Stage 1's training targets, from the weak labels alone, and its cross-fitting folds."""
 import numpy as np
 
 
@@ -7,3 +7,9 @@ def targets(labels, visual_smoothing):
     visual target (1 - s) y + s / 2 (released: 0.9 y + 0.05)."""
     y = np.asarray(labels, dtype=np.float32)
     return y, y.copy(), (1.0 - visual_smoothing) * y + visual_smoothing / 2.0
+
+
+def folds(n, k, seed):
+    """Split videos 0..n-1 into k seeded folds of near-equal size: a list of k ascending index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(order[i::k]) for i in range(k)]

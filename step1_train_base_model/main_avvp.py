@@ -3,18 +3,24 @@
     python main_avvp.py --mode train --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
     python main_avvp.py --mode test      # evaluate models/MMIL_Net.pt on the test split
     python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
+    python main_avvp.py --mode train --folds 2  # also models/fold1of2/, fold2of2/ for stage 2 --folds 2
 
 Ablations: edit the defaults of the "stage 1 method" group below (or pass the flags).
 """
-from avvp import data, stage, training
-from avvp.checkpoints import checkpoint_path
-from avvp.config import add_loss_args
+import copy
+
+import numpy as np
+
+from avvp import config, data, stage, training
+from avvp.checkpoints import checkpoint_path, fold_dir
+from avvp.config import add_loss_args, number
 from avvp.errors import cli
 
 import dataloader
 import model as stage_model
 
 STAGE = "stage1"
+ROBUST = {"folds": 2}  # --recipe robust: the cross-fitting models that stage 2's robust recipe reads
 
 
 def get_args(argv=None):
@@ -23,7 +29,30 @@ def get_args(argv=None):
     # contrastive_weight 0 gives the HAN baseline
     add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
                   visual_smoothing=0.1)
-    return p.parse_args(argv)
+    g.add_argument("--folds", type=number(1, kind=int), default=1,
+                   help="K >= 2: after the base model, train K more, the k-th on the train videos outside "
+                        "seeded fold k of K (models/fold<k>of<K>/), so that stage 2 --folds K can read every "
+                        "train video with a model that never trained on it (1: none, the released recipe)")
+    config.add_recipe_arg(g, ROBUST)
+    return config.parse_with_recipe(p, argv, ROBUST)
+
+
+def train_folds(args, train, val, test, device):
+    """The cross-fitting models: model k trains on every train video outside fold k with the same
+    recipe and seed, and its checkpoint names the videos it never saw (fold -> heldout)."""
+    for k, rows in enumerate(dataloader.folds(len(train), args.folds, args.seed), start=1):
+        fold_args = copy.copy(args)
+        fold_args.model_save_dir = fold_dir(args.model_save_dir, k, args.folds)
+        config.seed_everything(args.seed)
+        net = stage_model.MMIL_Net(frame_pool=args.frame_pool, stack_modalities=args.stack_modalities).to(device)
+        fit_on = train.subset(np.setdiff1d(np.arange(len(train)), rows))
+        trainer = training.Trainer(fold_args, net, fit_on, dataloader.targets(fit_on.labels, args.visual_smoothing),
+                                   device, stage_model.loss_options(args))
+        print(f"stage 1 fold {k}/{args.folds}: training on {len(fit_on)} videos, {len(rows)} held out")
+        heldout = [train.filenames[i] for i in rows]
+        training.fit(fold_args, trainer, val, test, STAGE, device,
+                     extra={"fold": {"k": k, "folds": args.folds, "heldout": heldout}})
+        print(f"saved {checkpoint_path(fold_args)}")
 
 
 @cli
@@ -41,6 +70,8 @@ def main(argv=None):
           f"{args.epochs} epochs, contrastive weight {args.contrastive_weight}")
     training.fit(args, trainer, val, test, STAGE, device)
     print(f"saved {checkpoint_path(args)}")
+    if args.folds > 1:
+        train_folds(args, train, val, test, device)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python main_avvp.py --mode estimate_labels --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
 
-Loads stage 1's checkpoint, pairs every train video with a seeded random partner sharing no
+Loads stage 1's checkpoint (or, with --folds K, its K cross-fitting models), pairs every train video with a seeded random partner sharing no
 class, runs the frozen model on the original, visual-swapped and audio-swapped inputs, and
 writes `outputs/modality_aware_labels.csv` (read by stage 3), `outputs/dropped_labels.csv`
 (the swap probabilities behind each dropped label) and `outputs/estimate_meta.json`.
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from avvp import config, data, llp, report
-from avvp.checkpoints import checkpoint_path
+from avvp.checkpoints import checkpoint_path, fold_dir
 from avvp.config import number
 from avvp.errors import cli
 from avvp.files import atomic_group, atomic_write_text, ensure_writable_dir
@@ -24,6 +24,9 @@ from avvp.timing import clock
 
 import dataloader
 import model as stage_model
+
+# --recipe robust: every train video read by a model blind to it, swapped with 8 partners
+ROBUST = {"folds": 2, "partners": 8}
 
 
 def get_args(argv=None):
@@ -40,6 +43,11 @@ def get_args(argv=None):
                    help="drop a label when both swapped probs fall below factor * normalised class error")
     g.add_argument("--partners", type=number(1, kind=int), default=1,
                    help="swap partners per video, the swapped probs averaged over them (1: the released rule)")
+    g.add_argument("--folds", type=number(1, kind=int), default=1,
+                   help="K >= 2: read each train video with the stage-1 fold model that never trained on it "
+                        "(<model_save_dir>/fold<k>of<K>/, from stage 1 --folds K), so that memorised train "
+                        "labels neither keep a label nor make the class error 0 (1: the base model, released)")
+    config.add_recipe_arg(g, ROBUST)
     g = p.add_argument_group("stage 2 files")
     g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
     g.add_argument("--output", default="modality_aware_labels.csv", help="label CSV name (stage 3 reads it)")
@@ -47,7 +55,7 @@ def get_args(argv=None):
                    help="dense audio truth of train videos (synthetic data only); scored when present")
     g.add_argument("--train_truth_visual", default="../data/synthetic_train_eval_visual.csv",
                    help="dense visual truth of train videos (synthetic data only); scored when present")
-    return p.parse_args(argv)
+    return config.parse_with_recipe(p, argv, ROBUST)
 
 
 def quality_lines(kind, q):
@@ -98,21 +106,30 @@ def main(argv=None):
     args = get_args(argv)
     device = config.setup(args)
     ensure_writable_dir(args.output_dir, "--output_dir")  # fail before any work
-    ckpt_path = checkpoint_path(args)
+    paths = [checkpoint_path(args)] if args.folds == 1 else [
+        os.path.join(fold_dir(args.model_save_dir, k, args.folds), args.checkpoint) for k in range(1, args.folds + 1)]
+    models = []
     with clock("load"):
-        net, ckpt = stage_model.load_frozen(ckpt_path, args, device)
+        for path in paths:
+            net, ckpt = stage_model.load_frozen(path, args, device, args.folds)
+            models.append((net, ckpt, path))
+            print(f"stage 2: loaded {path} (stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')})")
+    net, ckpt, ckpt_path = models[0]
     args.frame_pool = net.frame_pool
-    print(f"stage 2: loaded {ckpt_path} (stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')})")
     train = data.load_split(args, args.label_train, device, name="train")
     weak = train.labels
     with clock("swap passes"):
         partners = dataloader.pick_partners(weak, args.seed, train.filenames, draws=args.partners)  # (K, N)
-        orig, vis, aud = stage_model.swap_probs(net, train, partners, args.eval_batch_size)
+        if args.folds == 1:
+            orig, vis, aud = stage_model.swap_probs(net, train, partners, args.eval_batch_size)
+        else:
+            orig, vis, aud = stage_model.out_of_fold_probs(models, train, partners, args.eval_batch_size)
     print(f"swapped passes over {len(train)} videos, {args.partners} partner(s) each, in {clock.last:.2f}s")
     held_out = None
-    if args.error_scale == "val":
+    if args.error_scale == "val":  # every fold model is blind to val: their mean probs
         val = data.load_split(args, args.label_val, device, name="val")
-        held_out = (predict(net, val, args.eval_batch_size, keys=("audio_prob", "visual_prob")), val.labels)
+        runs = [predict(m, val, args.eval_batch_size, keys=("audio_prob", "visual_prob")) for m, _, _ in models]
+        held_out = ({k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}, val.labels)
     drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
                                                                  args.error_scale, held_out)
 
@@ -129,6 +146,7 @@ def main(argv=None):
     print(f"dropped {int(drop_a.sum())} audio and {int(drop_v.sum())} visual labels of {int((weak > 0).sum())}")
 
     meta = {"args": vars(args), "stage1_checkpoint": os.path.abspath(ckpt_path), "stage1_epoch": ckpt.get("epoch"),
+            "stage1_fold_checkpoints": [os.path.abspath(p) for p in paths] if args.folds > 1 else [],
             "a_class": a_class.tolist(), "v_class": v_class.tolist(),
             "dropped_audio": int(drop_a.sum()), "dropped_visual": int(drop_v.sum()),
             "weak_labels": int((weak > 0).sum()), "train_videos": len(train)}

@@ -8,16 +8,21 @@ import numpy as np
 import torch
 
 from avvp.checkpoints import load_checkpoint, load_model_strict
+from avvp.errors import AVVPError
 from avvp.model import MMIL_Net
 from avvp.predict import predict
 
-STAGE1_HINT = ("run stage 1 first: cd ../step1_train_base_model && python main_avvp.py --mode train "
-               "(or point --model_save_dir / --checkpoint at its checkpoint)")
+
+def stage1_hint(folds=1):
+    """What to run when stage 1's checkpoint (or its --folds models) is missing."""
+    flags = "--mode train" + (f" --folds {folds}" if folds > 1 else "")
+    return (f"run stage 1 first: cd ../step1_train_base_model && python main_avvp.py {flags} "
+            "(or point --model_save_dir / --checkpoint at its checkpoint)")
 
 
-def load_frozen(path, args, device):
+def load_frozen(path, args, device, folds=1):
     """The stage-1 network in eval mode, weights loaded strictly. Returns (model, checkpoint)."""
-    ckpt = load_checkpoint(path, hint=STAGE1_HINT)
+    ckpt = load_checkpoint(path, hint=stage1_hint(folds))
     model = MMIL_Net(frame_pool=ckpt.get("arch", {}).get("frame_pool", args.frame_pool)).to(device)
     load_model_strict(model, ckpt, path)
     model.eval()
@@ -27,19 +32,54 @@ def load_frozen(path, args, device):
 
 
 @torch.no_grad()
-def swap_probs(model, split, partners, batch_size):
+def swap_probs(model, split, partners, batch_size, rows=None):
     """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs.
 
     partners (K, N): K partners per video; the swapped probs are the mean over the K swaps (K=1:
     the released single swap), which averages out how much one partner happens to suppress c.
+    rows: None, or the videos (R,) to read (their partners come from the whole split): (R, C) probs.
     """
     keys = ("audio_prob", "visual_prob")  # the exchange rule reads these alone
-    orig = predict(model, split, batch_size, keys=keys)
+    orig = predict(model, split, batch_size, keys=keys, rows=rows)
     swapped = []
     for kind in ("visual", "audio"):
-        runs = [predict(model, split, batch_size, swap=(p, kind), keys=keys) for p in partners]
+        runs = [predict(model, split, batch_size, swap=(p, kind), keys=keys, rows=rows) for p in partners]
         swapped.append({k: np.mean([r[k] for r in runs], axis=0) for k in keys})  # the mean of one run is that run
     return orig, swapped[0], swapped[1]
+
+
+def out_of_fold_probs(models, split, partners, batch_size):
+    """swap_probs with each train video read by the fold model that never trained on it.
+
+    models: [(model, checkpoint, path)] of stage 1 --folds K; each checkpoint's fold -> heldout
+    names its videos, which must cover the split once. Returns swap_probs' three dicts (N, C).
+    """
+    row = {name: i for i, name in enumerate(split.filenames)}
+    owner = np.full(len(split), -1)
+    for j, (_, ckpt, path) in enumerate(models):
+        heldout = ckpt.get("fold", {}).get("heldout")
+        if heldout is None:
+            raise AVVPError(f"{path}: not a fold model of stage 1 --folds (no held-out videos recorded)")
+        for name in heldout:
+            i = row.get(name)
+            if i is None or owner[i] >= 0:
+                why = "is not in the train split" if i is None else "is held out of two fold models"
+                raise AVVPError(f"{path}: held-out video {name} {why} ({split.path}); rerun stage 1 --folds "
+                                f"on this train split")
+            owner[i] = j
+    if (owner < 0).any():
+        raise AVVPError(f"{split.path}: train video {split.filenames[int(np.argmax(owner < 0))]} is held out of no "
+                        f"fold model; rerun stage 1 --folds on this train split")
+    out = None
+    for j, (model, _, _) in enumerate(models):
+        rows = np.flatnonzero(owner == j)
+        part = swap_probs(model, split, partners, batch_size, rows=rows)
+        if out is None:
+            out = tuple({k: np.zeros((len(split),) + v.shape[1:], v.dtype) for k, v in d.items()} for d in part)
+        for full, d in zip(out, part):
+            for k, v in d.items():
+                full[k][rows] = v
+    return out
 
 
 def class_error_scale(prob, labels):

@@ -9,7 +9,7 @@ Ablations: edit the defaults of the "stage 3 method" group below (or pass the fl
 import argparse
 import os
 
-from avvp import data, llp, stage, training
+from avvp import config, data, llp, stage, training
 from avvp.checkpoints import checkpoint_path
 from avvp.config import add_loss_args, number
 from avvp.errors import AVVPError, cli
@@ -19,6 +19,7 @@ import denoise
 import model as stage_model
 
 STAGE = "stage3"
+ROBUST = {}  # --recipe robust: no stage-3 option measured better than the released one (docs/RESULTS.md)
 
 
 def get_args(argv=None):
@@ -33,14 +34,16 @@ def get_args(argv=None):
                         "--no-smooth_dropped sets them to exactly 0")
     g.add_argument("--denoise", choices=["off", "joint"], default="off",
                    help="off: train on stage 2's labels as they are (released); joint: train on the weak labels "
-                        "and drop, per batch and class, those whose loss is large in one modality and small in the "
-                        "other (JoMoLD's rule), as many as stage 2 drops of that class (denoise.py)")
+                        "and drop, before each epoch and per class, those whose loss over the train split is large "
+                        "in one modality and small in the other (JoMoLD's rule), as many as stage 2 drops of that "
+                        "class (denoise.py)")
     g.add_argument("--denoise_warmup", type=number(0), default=1.0,
                    help="--denoise joint: epochs over which the share of labels dropped ramps up from 0")
     # contrastive_weight 0 gives the paper's "MA, labels only"
     add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
                   visual_smoothing=0.1)
-    return p.parse_args(argv)
+    config.add_recipe_arg(g, ROBUST)
+    return config.parse_with_recipe(p, argv, ROBUST)
 
 
 @cli

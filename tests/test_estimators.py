@@ -1,5 +1,6 @@
-"""Stage 2's estimator options on a real (tiny) stage-1 model: several partners per video and the
-class error measured on the val split; the released defaults unchanged by them."""
+"""The estimator options on real (tiny) runs: stage 2's partners and val-split class error, the
+cross-fitting folds of stages 1 and 2, stage 3's joint denoising, and --recipe; the released
+defaults unchanged by them."""
 import json
 
 import numpy as np
@@ -102,3 +103,69 @@ def test_stage3_joint_denoising(tiny_llp, stage1_out, tmp_path):
         assert (d.sum(axis=0) <= cap).all(), kind
     assert f"{int(da.sum())} audio and {int(dv.sum())} visual dropped" in out
     assert int(dv.sum()) > 0 or meta["quality"]["visual"]["dropped"] == 0
+
+
+def test_cross_fitting_folds(tiny_llp, stage1_out, tmp_path):
+    import torch
+    from conftest import STAGE1, STAGE2, load_stage_main
+    models = tmp_path / "m1"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as stage1_out was trained, so that the base models compare bit for bit
+    try:
+        code, out, err = call_stage(STAGE1, ["--mode", "train", "--device", "cpu", "--batch-size", "16",
+                                             *tiny_llp.args(), "--epochs", "1", "--folds", "2",
+                                             "--model_save_dir", models], tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    # --folds leaves the base model as it was, and adds two models that each held out half the train videos
+    base = torch.load(stage1_out / "models_step1" / "MMIL_Net.pt", weights_only=False)["model"]
+    again = torch.load(models / "MMIL_Net.pt", weights_only=False)["model"]
+    assert all(torch.equal(base[k], again[k]) for k in base)
+    folds = [torch.load(models / f"fold{k}of2" / "MMIL_Net.pt", weights_only=False) for k in (1, 2)]
+    held = [f["fold"]["heldout"] for f in folds]
+    train = llp.read_weak(tiny_llp.data / "AVVP_train.csv")
+    assert sorted(held[0] + held[1]) == sorted(train.filenames) and len(held[0]) == len(train.filenames) // 2
+    assert "stage 1 fold 2/2: training on 16 videos, 16 held out" in out
+    assert not torch.equal(folds[0]["model"]["fc_prob.weight"], folds[1]["model"]["fc_prob.weight"])
+
+    # stage 2 reads each video with the model that never trained on it
+    flags = ["--device", "cpu", *tiny_llp.args(), "--model_save_dir", models]
+    code, out, err = call_stage(STAGE2, [*flags, "--folds", "2", "--output_dir", tmp_path / "s2"], tmp_path)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "s2" / "estimate_meta.json").read_text())
+    assert [p.split("/")[-2] for p in meta["stage1_fold_checkpoints"]] == ["fold1of2", "fold2of2"]
+    s2 = load_stage_main(STAGE2)
+    s2_data, s2_model = s2.dataloader, s2.stage_model
+    from avvp import config, data
+    args = s2.get_args([str(a) for a in flags])
+    device = config.setup(args)
+    split = data.load_split(args, args.label_train, device, name="train")
+    partners = s2_data.pick_partners(split.labels, 1, split.filenames)
+    nets = [(s2_model.load_frozen(models / f"fold{k}of2" / "MMIL_Net.pt", args, device)[0], f, f"fold{k}")
+            for k, f in zip((1, 2), folds)]
+    mixed = s2_model.out_of_fold_probs(nets, split, partners, 256)
+    for (net, _, _), names in zip(nets, held):
+        own = s2_model.swap_probs(net, split, partners, 256)
+        rows = [split.filenames.index(n) for n in names]
+        for r in range(3):
+            assert np.array_equal(mixed[r]["visual_prob"][rows], own[r]["visual_prob"][rows])
+    # fold models that do not cover the train split: a one-line error naming the checkpoint
+    folds[1]["fold"]["heldout"] = held[1][1:] + ["not_a_train_video"]
+    torch.save(folds[1], models / "fold2of2" / "MMIL_Net.pt")
+    code, out, err = call_stage(STAGE2, [*flags, "--folds", "2", "--output_dir", tmp_path / "s2b"], tmp_path)
+    assert code == 2 and "fold2of2/MMIL_Net.pt: held-out video not_a_train_video is not in the train split" in err
+    code, out, err = call_stage(STAGE2, [*flags, "--folds", "3", "--output_dir", tmp_path / "s2c"], tmp_path)
+    assert code == 2 and "fold1of3/MMIL_Net.pt" in err and "--mode train --folds 3" in err
+
+
+def test_recipe_sets_defaults_and_explicit_flags_win():
+    from conftest import STAGE1, STAGE2, STAGE3, stage_args
+    released, robust = stage_args(STAGE2), stage_args(STAGE2, "--recipe", "robust")
+    assert (released.recipe, released.folds, released.partners) == ("released", 1, 1)
+    assert (robust.recipe, robust.folds, robust.partners) == ("robust", 2, 8)
+    assert stage_args(STAGE2, "--recipe", "robust", "--partners", "3").partners == 3
+    assert stage_args(STAGE1, "--recipe", "robust").folds == 2 and stage_args(STAGE1).folds == 1
+    # stage 3's robust recipe is its released one: every option the same, the recipe recorded
+    r3, s3 = vars(stage_args(STAGE3)), vars(stage_args(STAGE3, "--recipe", "robust"))
+    assert s3.pop("recipe") == "robust" and r3.pop("recipe") == "released" and r3 == s3
