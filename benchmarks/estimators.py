@@ -3,14 +3,16 @@
     python benchmarks/estimators.py [--seeds 1 2 3] [--data_dir data --feats_dir feats] [--workdir runs/estimators]
 
 On a synthetic set (made first if absent; its train truth scores the drops), for every seed:
-stage 1 once, then each estimator's labels, stage 3 retrained on them:
+stage 1 once as released and once with --folds 2, then each estimator's labels, stage 3 retrained
+on them:
   released     stage 2 as released (one partner per video, thresholds scaled by class error)
   partners8    --partners 8: the swapped probabilities averaged over 8 partners
   folds2       stage 1 --folds 2 and stage 2 --folds 2: every train video read by a base model
                trained on the other half of the train split (cross-fitting)
-  robust       --recipe robust in all three stages: folds2 and --partners 8 (stage 3 as released)
+  robust       --recipe robust: stage 2 --recipe robust (--folds 2 --partners 8) on stage 1 --folds 2
+               (stage 1's robust recipe); stage 3 as released, which is its robust recipe
   val_scale    --error_scale val: the class error behind the thresholds measured on the val split
-  partners8_val  both
+  partners8_val  --partners 8 and --error_scale val
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
   denoise      stage 3 --denoise joint on released's labels: the weak labels, with per-class shares
                of drops from stage 2 and the labels to drop chosen by stage 3's own losses (its

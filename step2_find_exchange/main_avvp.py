@@ -2,10 +2,11 @@
 
     python main_avvp.py --mode estimate_labels --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
 
-Loads stage 1's checkpoint (or, with --folds K, its K cross-fitting models), pairs every train video with a seeded random partner sharing no
-class, runs the frozen model on the original, visual-swapped and audio-swapped inputs, and
-writes `outputs/modality_aware_labels.csv` (read by stage 3), `outputs/dropped_labels.csv`
-(the swap probabilities behind each dropped label) and `outputs/estimate_meta.json`.
+Loads stage 1's checkpoint (or, with --folds K, its K cross-fitting models), pairs every train
+video with a seeded random partner sharing no class, runs the frozen model on the original,
+visual-swapped and audio-swapped inputs, and writes `outputs/modality_aware_labels.csv` (read by
+stage 3), `outputs/dropped_labels.csv` (the swap probabilities behind each dropped label) and
+`outputs/estimate_meta.json`.
 """
 import json
 import os
