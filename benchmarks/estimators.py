@@ -1,6 +1,7 @@
 """Which modality-aware labels? Stage-2 estimators scored against truth, and stage 3 trained on each.
 
     python benchmarks/estimators.py [--seeds 1 2 3] [--data_dir data --feats_dir feats] [--workdir runs/estimators]
+                                    [--rows released robust oracle]
 
 On a synthetic set (made first if absent; its train truth scores the drops), for every seed:
 stage 1 once as released and once with --folds 2, then each estimator's labels, stage 3 retrained
@@ -22,7 +23,8 @@ on them:
   no_drop      every weak label kept (stage 3 on the weak labels alone)
 Prints one row per estimator: precision / recall / F1 of the dropped audio and visual labels and
 stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds; writes
---out .md and .json. A run whose output exists is not run again.
+--out .md and .json. A run whose output exists is not run again. --rows runs only the rows named
+(and what they read: reestimate needs released's stage 3, a stage-3 option its estimator's labels).
 """
 import argparse
 import json
@@ -55,6 +57,7 @@ ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "st
 # stage-3 options: row -> (stage-3 flags, the estimator whose stage-2 labels it reads)
 STAGE3_OPTIONS = {"denoise": (["--denoise", "joint"], "released"),
                   "partners8_val_denoise": (["--denoise", "joint"], "partners8_val")}
+FIXED = ("oracle", "no_drop")  # rows whose labels are written here: the true modality labels, the weak labels
 
 
 def csv_quality(data, path):
@@ -86,17 +89,26 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=12, help="epochs of stages 1 and 3 (12: the released recipe)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimators"))
+    p.add_argument("--rows", nargs="+", choices=[*ESTIMATORS, *STAGE3_OPTIONS, *FIXED], metavar="ROW",
+                   help="run and print only these rows (default: all); stage1 is always printed")
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
     if not (data / llp.WEAK_FILES["train"]).is_file():
         synth.generate(data, feats)
     work.mkdir(parents=True, exist_ok=True)
-    fixed = {"oracle": work / "oracle_labels.csv", "no_drop": work / "no_drop_labels.csv"}
-    oracle_csv(data, fixed["oracle"])
-    no_drop_csv(data, fixed["no_drop"])
+    rows = [r for r in (*ESTIMATORS, *STAGE3_OPTIONS, *FIXED) if a.rows is None or r in a.rows]
+    # a row runs what it reads: reestimate released's stage 3, a stage-3 option its estimator's stage 2
+    needed = set(rows) | {STAGE3_OPTIONS[r][1] for r in rows if r in STAGE3_OPTIONS}
+    if "reestimate" in rows:
+        needed.add("released")
+    estimators = {k: v for k, v in ESTIMATORS.items() if k in needed}
+    stage1_runs = {k: v for k, v in STAGE1_RUNS.items() if k == "stage1" or k in {v[1] for v in estimators.values()}}
+    stage3_options = {k: v for k, v in STAGE3_OPTIONS.items() if k in rows}
+    fixed = {k: work / f"{k}_labels.csv" for k in FIXED if k in rows}
+    oracle_csv(data, work / "oracle_labels.csv")
+    no_drop_csv(data, work / "no_drop_labels.csv")
     truth = truth_flags(data)
-    rows = list(ESTIMATORS) + list(STAGE3_OPTIONS) + list(fixed)
-    quality = {r: [] for r in [*ESTIMATORS, *STAGE3_OPTIONS]}   # per seed: estimate_meta.json's quality
+    quality = {r: [] for r in [*estimators, *stage3_options] if r in rows}  # per seed: estimate_meta.json's quality
     scores = {r: [] for r in ["stage1", *rows]}
     with open(work / "log.txt", "a") as log:
         for s in a.seeds:
@@ -104,17 +116,17 @@ def main():
             common = [*path_args(data, feats), "--no_progress", "--device", a.device, "--seed", str(s)]
             train = ["--epochs", str(a.epochs)]
             t0 = time.perf_counter()
-            for name, (flags, done) in STAGE1_RUNS.items():
+            for name, (flags, done) in stage1_runs.items():
                 stage("step1_train_base_model", ["--mode", "train", *common, *train, *flags, "--model_save_dir",
                                                  f"{w}/{name}"], log, w / name / done)
-            for name, (flags, source) in ESTIMATORS.items():  # reestimate comes last: it reads released's stage 3
+            for name, (flags, source) in estimators.items():  # reestimate comes last: it reads released's stage 3
                 stage("step2_find_exchange", ["--mode", "estimate_labels", *common, *flags, *truth,
                                               "--model_save_dir", f"{w}/{source}", "--output_dir", f"{w}/stage2_{name}"],
                       log, w / f"stage2_{name}" / "estimate_meta.json")
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", f"{w}/stage2_{name}/modality_aware_labels.csv"],
                       log, w / f"stage3_{name}" / "test_metrics.json")
-            for name, (flags, source) in STAGE3_OPTIONS.items():
+            for name, (flags, source) in stage3_options.items():
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, *flags, "--model_save_dir",
                                         f"{w}/stage3_{name}", "--label_ma",
                                         f"{w}/stage2_{source}/modality_aware_labels.csv"],
@@ -126,10 +138,12 @@ def main():
             for name in scores:
                 run = "stage1" if name == "stage1" else f"stage3_{name}"
                 scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
-            for name in ESTIMATORS:
-                quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())["quality"])
-            for name in STAGE3_OPTIONS:
-                quality[name].append(csv_quality(data, w / f"stage3_{name}" / "denoised_labels.csv"))
+            for name in quality:
+                if name in ESTIMATORS:
+                    quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())
+                                         ["quality"])
+                else:
+                    quality[name].append(csv_quality(data, w / f"stage3_{name}" / "denoised_labels.csv"))
 
     head = ["estimator", "drop A P", "drop A R", "drop A F1", "drop V P", "drop V R", "drop V F1",
             *STAGE3_KEYS.values()]
@@ -142,9 +156,11 @@ def main():
                  for m in ("precision", "recall", "f1")]
         metrics = [f"{np.mean([r[k] for r in runs]):.1f} +- {np.std([r[k] for r in runs]):.1f}" for k in STAGE3_KEYS]
         lines.append("| " + " | ".join([name, *drops, *metrics]) + " |")
-    base = quality["released"][0]
-    lines += ["", f"base rates (share of weak labels truly absent): audio {base['audio']['base_rate']:.3f}, "
-              f"visual {base['visual']['base_rate']:.3f}"]
+    base = json.loads((work / f"seed{a.seeds[0]}" / f"stage2_{next(iter(estimators))}" / "estimate_meta.json")
+                      .read_text())["quality"] if estimators else None
+    if base:
+        lines += ["", f"base rates (share of weak labels truly absent): audio {base['audio']['base_rate']:.3f}, "
+                  f"visual {base['visual']['base_rate']:.3f}"]
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)

@@ -146,8 +146,11 @@ def main(argv=None):
     print("\n".join(count_lines(weak, drop_a, drop_v, a_class, v_class)))
     print(f"dropped {int(drop_a.sum())} audio and {int(drop_v.sum())} visual labels of {int((weak > 0).sum())}")
 
-    meta = {"args": vars(args), "stage1_checkpoint": os.path.abspath(ckpt_path), "stage1_epoch": ckpt.get("epoch"),
-            "stage1_fold_checkpoints": [os.path.abspath(p) for p in paths] if args.folds > 1 else [],
+    # with --folds the fold models are read, not the base model: the one checkpoint key stays empty
+    one = args.folds == 1
+    meta = {"args": vars(args), "stage1_checkpoint": os.path.abspath(ckpt_path) if one else None,
+            "stage1_epoch": ckpt.get("epoch") if one else None,
+            "stage1_fold_checkpoints": [] if one else [os.path.abspath(p) for p in paths],
             "a_class": a_class.tolist(), "v_class": v_class.tolist(),
             "dropped_audio": int(drop_a.sum()), "dropped_visual": int(drop_v.sum()),
             "weak_labels": int((weak > 0).sum()), "train_videos": len(train)}
