@@ -102,13 +102,14 @@ def main():
     if "reestimate" in rows:
         needed.add("released")
     estimators = {k: v for k, v in ESTIMATORS.items() if k in needed}
-    stage1_runs = {k: v for k, v in STAGE1_RUNS.items() if k == "stage1" or k in {v[1] for v in estimators.values()}}
+    sources = {source for _, source in estimators.values()}
+    stage1_runs = {k: v for k, v in STAGE1_RUNS.items() if k == "stage1" or k in sources}
     stage3_options = {k: v for k, v in STAGE3_OPTIONS.items() if k in rows}
     fixed = {k: work / f"{k}_labels.csv" for k in FIXED if k in rows}
     oracle_csv(data, work / "oracle_labels.csv")
     no_drop_csv(data, work / "no_drop_labels.csv")
     truth = truth_flags(data)
-    quality = {r: [] for r in [*estimators, *stage3_options] if r in rows}  # per seed: estimate_meta.json's quality
+    quality = {r: [] for r in [*estimators, *stage3_options]}  # per seed: estimate_meta.json's quality
     scores = {r: [] for r in ["stage1", *rows]}
     with open(work / "log.txt", "a") as log:
         for s in a.seeds:
@@ -156,8 +157,7 @@ def main():
                  for m in ("precision", "recall", "f1")]
         metrics = [f"{np.mean([r[k] for r in runs]):.1f} +- {np.std([r[k] for r in runs]):.1f}" for k in STAGE3_KEYS]
         lines.append("| " + " | ".join([name, *drops, *metrics]) + " |")
-    base = json.loads((work / f"seed{a.seeds[0]}" / f"stage2_{next(iter(estimators))}" / "estimate_meta.json")
-                      .read_text())["quality"] if estimators else None
+    base = quality[next(iter(estimators))][0] if estimators else None
     if base:
         lines += ["", f"base rates (share of weak labels truly absent): audio {base['audio']['base_rate']:.3f}, "
                   f"visual {base['visual']['base_rate']:.3f}"]

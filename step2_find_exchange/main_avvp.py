@@ -130,7 +130,7 @@ def main(argv=None):
     if args.error_scale == "val":  # every fold model is blind to val: their mean probs
         val = data.load_split(args, args.label_val, device, name="val")
         runs = [predict(m, val, args.eval_batch_size, keys=("audio_prob", "visual_prob")) for m, _, _ in models]
-        held_out = ({k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}, val.labels)
+        held_out = (stage_model.mean_of(runs), val.labels)
     drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
                                                                  args.error_scale, held_out)
 

@@ -31,6 +31,11 @@ def load_frozen(path, args, device, folds=1):
     return model, ckpt
 
 
+def mean_of(runs):
+    """The mean over runs of predict's outputs: {key: (N, C)} (the mean of one run is that run)."""
+    return {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
+
+
 @torch.no_grad()
 def swap_probs(model, split, partners, batch_size, rows=None):
     """Video-level audio/visual probs (N, C) for the original, visual-swapped and audio-swapped inputs.
@@ -44,7 +49,7 @@ def swap_probs(model, split, partners, batch_size, rows=None):
     swapped = []
     for kind in ("visual", "audio"):
         runs = [predict(model, split, batch_size, swap=(p, kind), keys=keys, rows=rows) for p in partners]
-        swapped.append({k: np.mean([r[k] for r in runs], axis=0) for k in keys})  # the mean of one run is that run
+        swapped.append(mean_of(runs))
     return orig, swapped[0], swapped[1]
 
 
