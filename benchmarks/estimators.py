@@ -1,17 +1,20 @@
 """Which modality-aware labels? Stage-2 estimators scored against truth, and stage 3 trained on each.
 
     python benchmarks/estimators.py [--seeds 1 2 3] [--data_dir data --feats_dir feats] [--workdir runs/estimators]
-                                    [--rows released robust oracle]
+                                    [--rows released robust oracle] [--jobs 2]
 
 On a synthetic set (made first if absent; its train truth scores the drops), for every seed:
-stage 1 once as released and once with --folds 2, then each estimator's labels, stage 3 retrained
-on them:
+stage 1 once with --folds 2 (the base model, which the released stage 2 reads, plus two models each
+trained on half the train videos), then each estimator's labels, stage 3 retrained on them:
   released     stage 2 as released (one partner per video, thresholds scaled by class error)
   partners8    --partners 8: the swapped probabilities averaged over 8 partners
-  folds2       stage 1 --folds 2 and stage 2 --folds 2: every train video read by a base model
-               trained on the other half of the train split (cross-fitting)
-  robust       --recipe robust: stage 2 --recipe robust (--folds 2 --partners 8) on stage 1 --folds 2
-               (stage 1's robust recipe); stage 3 as released, which is its robust recipe
+  folds2       --folds 2: every train video read by a stage-1 model trained on the other half
+               of the train split (cross-fitting)
+  folds2_partners8  --folds 2 --partners 8
+  calibrated   --folds 2 --calibrate val: drop where P(absent | swap evidence) > 0.5, that
+               probability fit on the val split's dense truth
+  robust       --recipe robust: stage 2 --folds 2 --partners 8 --calibrate val; stage 3 as
+               released, which is its robust recipe
   val_scale    --error_scale val: the class error behind the thresholds measured on the val split
   partners8_val  --partners 8 and --error_scale val
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
@@ -25,11 +28,15 @@ Prints one row per estimator: precision / recall / F1 of the dropped audio and v
 stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds; writes
 --out .md and .json. A run whose output exists is not run again. --rows runs only the rows named
 (and what they read: reestimate needs released's stage 3, a stage-3 option its estimator's labels).
+--jobs N runs N seeds at once, every stage on one CPU thread (on 2 cores, 2 jobs finish about 2.5x
+sooner than one job on 2 threads; one thread rounds float sums in another order, so the figures
+are another draw of the same runs).
 """
 import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +51,15 @@ from pipeline import oracle_csv, stage, train_presence, truth_flags  # noqa: E40
 
 STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type@AV",
                "evt_type": "evt Type@AV"}
-# stage-1 runs: name under the seed's folder -> (stage-1 flags, the file that marks it done)
-STAGE1_RUNS = {"stage1": ([], "test_metrics.json"),
-               "stage1_folds2": (["--folds", "2"], "fold2of2/test_metrics.json")}  # = stage 1 --recipe robust
+# one stage-1 run per seed (= stage 1 --recipe robust): its base model is stage 1 as released, its
+# fold models (fold<k>of2/) are what --folds 2 reads
+STAGE1_FLAGS, STAGE1_DONE = ["--folds", "2"], "fold2of2/test_metrics.json"
 # estimator -> (stage-2 flags, the model stage 2 reads: a run name under the seed's folder)
 ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "stage1"),
-              "folds2": (["--folds", "2"], "stage1_folds2"),
-              "robust": (["--recipe", "robust"], "stage1_folds2"),
+              "folds2": (["--folds", "2"], "stage1"),
+              "folds2_partners8": (["--folds", "2", "--partners", "8"], "stage1"),
+              "calibrated": (["--folds", "2", "--calibrate", "val"], "stage1"),
+              "robust": (["--recipe", "robust"], "stage1"),
               "val_scale": (["--error_scale", "val"], "stage1"),
               "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
               "reestimate": ([], "stage3_released")}
@@ -91,6 +100,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimators"))
     p.add_argument("--rows", nargs="+", choices=[*ESTIMATORS, *STAGE3_OPTIONS, *FIXED], metavar="ROW",
                    help="run and print only these rows (default: all); stage1 is always printed")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (> 1: every stage on one CPU thread)")
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
     if not (data / llp.WEAK_FILES["train"]).is_file():
@@ -102,24 +112,23 @@ def main():
     if "reestimate" in rows:
         needed.add("released")
     estimators = {k: v for k, v in ESTIMATORS.items() if k in needed}
-    sources = {source for _, source in estimators.values()}
-    stage1_runs = {k: v for k, v in STAGE1_RUNS.items() if k == "stage1" or k in sources}
     stage3_options = {k: v for k, v in STAGE3_OPTIONS.items() if k in rows}
     fixed = {k: work / f"{k}_labels.csv" for k in FIXED if k in rows}
     oracle_csv(data, work / "oracle_labels.csv")
     no_drop_csv(data, work / "no_drop_labels.csv")
     truth = truth_flags(data)
-    quality = {r: [] for r in [*estimators, *stage3_options]}  # per seed: estimate_meta.json's quality
-    scores = {r: [] for r in ["stage1", *rows]}
-    with open(work / "log.txt", "a") as log:
-        for s in a.seeds:
-            w = work / f"seed{s}"
-            common = [*path_args(data, feats), "--no_progress", "--device", a.device, "--seed", str(s)]
-            train = ["--epochs", str(a.epochs)]
-            t0 = time.perf_counter()
-            for name, (flags, done) in stage1_runs.items():
-                stage("step1_train_base_model", ["--mode", "train", *common, *train, *flags, "--model_save_dir",
-                                                 f"{w}/{name}"], log, w / name / done)
+    threads = ["--threads", "1"] if a.jobs > 1 else []
+
+    def run_seed(s):
+        """Every run of one seed, in the order they read each other; its own log file."""
+        w = work / f"seed{s}"
+        common = [*path_args(data, feats), "--no_progress", "--device", a.device, "--seed", str(s), *threads]
+        train = ["--epochs", str(a.epochs)]
+        t0 = time.perf_counter()
+        w.mkdir(parents=True, exist_ok=True)
+        with open(w / "log.txt", "a") as log:
+            stage("step1_train_base_model", ["--mode", "train", *common, *train, *STAGE1_FLAGS, "--model_save_dir",
+                                             f"{w}/stage1"], log, w / "stage1" / STAGE1_DONE)
             for name, (flags, source) in estimators.items():  # reestimate comes last: it reads released's stage 3
                 stage("step2_find_exchange", ["--mode", "estimate_labels", *common, *flags, *truth,
                                               "--model_save_dir", f"{w}/{source}", "--output_dir", f"{w}/stage2_{name}"],
@@ -135,21 +144,28 @@ def main():
             for name, csv in fixed.items():
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", str(csv)], log, w / f"stage3_{name}" / "test_metrics.json")
-            print(f"seed {s}: {time.perf_counter() - t0:.0f}s", flush=True)
-            for name in scores:
-                run = "stage1" if name == "stage1" else f"stage3_{name}"
-                scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
-            for name in quality:
-                if name in ESTIMATORS:
-                    quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())
-                                         ["quality"])
-                else:
-                    quality[name].append(csv_quality(data, w / f"stage3_{name}" / "denoised_labels.csv"))
+        print(f"seed {s}: {time.perf_counter() - t0:.0f}s", flush=True)
+
+    with ThreadPoolExecutor(a.jobs) as pool:  # each seed's runs go one after another, seeds side by side
+        list(pool.map(run_seed, a.seeds))
+    quality = {r: [] for r in [*estimators, *stage3_options]}  # per seed: the drops' quality
+    scores = {r: [] for r in ["stage1", *rows]}
+    for s in a.seeds:
+        w = work / f"seed{s}"
+        for name in scores:
+            run = "stage1" if name == "stage1" else f"stage3_{name}"
+            scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
+        for name in quality:
+            if name in ESTIMATORS:
+                quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())["quality"])
+            else:
+                quality[name].append(csv_quality(data, w / f"stage3_{name}" / "denoised_labels.csv"))
 
     head = ["estimator", "drop A P", "drop A R", "drop A F1", "drop V P", "drop V R", "drop V F1",
             *STAGE3_KEYS.values()]
     lines = [f"Synthetic set {data}, test split; mean +- std over seeds {a.seeds}; stage-2 drops scored against the "
-             "train truth; the metrics are stage 3's (stage1: the base model).", "",
+             "train truth; the metrics are stage 3's (stage1: the base model)"
+             + ("; every stage on one CPU thread." if threads else "."), "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, runs in scores.items():
         q = quality.get(name)
@@ -166,8 +182,8 @@ def main():
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": str(data), "scores": scores,
-                                                    "quality": quality}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": str(data), "threads": 1 if threads else
+                                                    "default", "scores": scores, "quality": quality}, indent=1))
 
 
 if __name__ == "__main__":

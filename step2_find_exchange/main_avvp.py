@@ -4,7 +4,9 @@
 
 Loads stage 1's checkpoint (or, with --folds K, its K cross-fitting models), pairs every train
 video with a seeded random partner sharing no class, runs the frozen model on the original,
-visual-swapped and audio-swapped inputs, and writes `outputs/modality_aware_labels.csv` (read by
+visual-swapped and audio-swapped inputs, drops labels by MA's thresholds (or, with --calibrate val,
+where the same swaps on the val split, against its dense truth, say the modality is more likely
+absent than present), and writes `outputs/modality_aware_labels.csv` (read by
 stage 3), `outputs/dropped_labels.csv` (the swap probabilities behind each dropped label) and
 `outputs/estimate_meta.json`.
 """
@@ -23,11 +25,13 @@ from avvp.predict import predict
 from avvp.report import drop_quality
 from avvp.timing import clock
 
+import calibration
 import dataloader
 import model as stage_model
 
-# --recipe robust: every train video read by a model blind to it, swapped with 8 partners
-ROBUST = {"folds": 2, "partners": 8}
+# --recipe robust: every train video read by a model blind to it, swapped with 8 partners, and a label
+# dropped where the val split's truth says that evidence more likely means absent than present
+ROBUST = {"folds": 2, "partners": 8, "calibrate": "val"}
 
 
 def get_args(argv=None):
@@ -48,6 +52,11 @@ def get_args(argv=None):
                    help="K >= 2: read each train video with the stage-1 fold model that never trained on it "
                         "(<model_save_dir>/fold<k>of<K>/, from stage 1 --folds K), so that memorised train "
                         "labels neither keep a label nor make the class error 0 (1: the base model, released)")
+    g.add_argument("--calibrate", choices=["none", "val"], default="none",
+                   help="none: drop by the threshold rule above (released); val: drop a label when P(its modality "
+                        "is absent | its six swap probabilities and their class means) > 0.5, that probability a logistic regression fit on "
+                        "the same swaps of the val split against its dense truth (--eval_audio / --eval_visual, "
+                        "which LLP ships for val); meant with --folds (calibration.py)")
     config.add_recipe_arg(g, ROBUST)
     g = p.add_argument_group("stage 2 files")
     g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
@@ -68,10 +77,10 @@ def quality_lines(kind, q):
             f"precision {report.precision_text(c)}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}" for name, c in rows]
 
 
-def evidence_table(filenames, partners, orig, vis_swapped, aud_swapped, drop_a, drop_v, thr_a, thr_v):
+def evidence_table(filenames, partners, orig, vis_swapped, aud_swapped, drop_a, drop_v, thr_a, thr_v, p_absent=None):
     """One row per dropped label: video, class, its partners (K, N) (space-separated names), the
-    swapped (mean over partners) and original probabilities and the threshold (C,) that the
-    swapped ones fell below."""
+    swapped (mean over partners) and original probabilities and the threshold (C,) of the released
+    rule; with --calibrate val, p_absent {"audio", "visual"} (N, C): the probability the drop rests on."""
     names, classes = np.asarray(filenames, dtype=object), np.asarray(llp.CLASSES, dtype=object)
     partner = np.asarray([" ".join(names[p] for p in col) for col in np.asarray(partners).T], dtype=object)
     parts = []
@@ -86,6 +95,8 @@ def evidence_table(filenames, partners, orig, vis_swapped, aud_swapped, drop_a, 
             "audio_prob_original": orig["audio_prob"][vi, ci].round(6),
             "visual_prob_original": orig["visual_prob"][vi, ci].round(6),
             "threshold": thr[ci].round(6)}))
+        if p_absent is not None:
+            parts[-1]["p_absent"] = p_absent[kind][vi, ci].round(6)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -126,13 +137,30 @@ def main(argv=None):
         else:
             orig, vis, aud = stage_model.out_of_fold_probs(models, train, partners, args.eval_batch_size)
     print(f"swapped passes over {len(train)} videos, {args.partners} partner(s) each, in {clock.last:.2f}s")
-    held_out = None
-    if args.error_scale == "val":  # every fold model is blind to val: their mean probs
-        val = data.load_split(args, args.label_val, device, name="val")
+    held_out = val = None
+    if args.error_scale == "val" or args.calibrate == "val":  # every fold model is blind to val
+        truth = data.read_eval_truth(args) if args.calibrate == "val" else None
+        val = data.load_split(args, args.label_val, device, truth=truth, name="val")
+    if args.error_scale == "val":  # the class error of the fold models' mean probs
         runs = [predict(m, val, args.eval_batch_size, keys=("audio_prob", "visual_prob")) for m, _, _ in models]
         held_out = (stage_model.mean_of(runs), val.labels)
     drop_a, drop_v, a_class, v_class = stage_model.exchange_rule(weak, orig, vis, aud, args.threshold_factor,
                                                                  args.error_scale, held_out)
+    p_absent = calibrated = None
+    if args.calibrate == "val":  # the same swaps on val, one run per model, against val's dense truth
+        calibration.check_val_truth(val, args.eval_audio, args.eval_visual)
+        if args.folds == 1:
+            print("note: --calibrate val without --folds: the base model reads train videos it trained on, and "
+                  "unseen val videos; their evidence differs (stage 1 and 2 --folds 2 read both unseen)")
+        with clock("swap passes"):
+            val_partners = dataloader.pick_partners(val.labels, args.seed, val.filenames, draws=args.partners)
+            val_runs = [stage_model.swap_probs(m, val, val_partners, args.eval_batch_size) for m, _, _ in models]
+        drop_a, drop_v, p_absent, calibrated = calibration.calibrated_drops(
+            weak, (orig, vis, aud), val.labels, (val.gt_a.any(axis=2), val.gt_v.any(axis=2)), val_runs)
+        for kind, c in calibrated.items():
+            print(f"--calibrate val: {kind} rule from {c['val_labels']} val labels ({c['val_absent']} truly absent)"
+                  + (f"; on val it drops {c['val_dropped']}, {c['val_dropped_right']} rightly" if "weights" in c
+                     else f"; {c['note']}"))
 
     for kind, scale in (("audio", a_class), ("visual", v_class)):
         if report.normalisation_is_undefined(scale):
@@ -140,7 +168,7 @@ def main(argv=None):
     keep_a = (weak > 0) & ~drop_a
     keep_v = (weak > 0) & ~drop_v
     evidence = evidence_table(train.filenames, partners, orig, vis, aud, drop_a, drop_v,
-                              args.threshold_factor * a_class, args.threshold_factor * v_class)
+                              args.threshold_factor * a_class, args.threshold_factor * v_class, p_absent)
 
     print("per-class drop counts:")
     print("\n".join(count_lines(weak, drop_a, drop_v, a_class, v_class)))
@@ -154,6 +182,8 @@ def main(argv=None):
             "a_class": a_class.tolist(), "v_class": v_class.tolist(),
             "dropped_audio": int(drop_a.sum()), "dropped_visual": int(drop_v.sum()),
             "weak_labels": int((weak > 0).sum()), "train_videos": len(train)}
+    if calibrated is not None:
+        meta["calibration"] = calibrated
     truth = dataloader.load_truth(args, train.filenames)
     if truth is not None:
         qa = drop_quality(drop_a, weak, truth[0].any(axis=2))

@@ -59,3 +59,23 @@ def test_pipeline_tabulates_each_method_and_reuses_finished_runs(tiny_llp, tmp_p
     again = bench("pipeline.py", *args)
     assert "seed 1: every run already done" in again and "wall-clock per seed" not in again
     assert json.loads((tmp_path / "res" / "pipeline.json").read_text())["runs"] == res["runs"]
+
+
+def test_estimators_runs_seeds_side_by_side_and_tabulates_each_row(tiny_llp, tmp_path):
+    out = bench("estimators.py", "--seeds", 1, 2, "--jobs", 2, "--data_dir", tiny_llp.data, "--feats_dir",
+                tiny_llp.feats, "--workdir", tmp_path / "w", "--epochs", 1, "--device", "cpu",
+                "--rows", "released", "robust", "--out", tmp_path / "res" / "est", timeout=600)
+    assert "seed 1: " in out and "seed 2: " in out
+    res = json.loads((tmp_path / "res" / "est.json").read_text())
+    assert res["threads"] == 1 and list(res["scores"]) == ["stage1", "released", "robust"]
+    for s in (1, 2):
+        w = tmp_path / "w" / f"seed{s}"
+        # one stage-1 run per seed: the released stage 2 reads its base model, robust its fold models
+        assert (w / "stage1" / "fold2of2" / "MMIL_Net.pt").is_file()
+        meta = json.loads((w / "stage2_robust" / "estimate_meta.json").read_text())
+        assert meta["args"]["calibrate"] == "val" and len(meta["stage1_fold_checkpoints"]) == 2
+        assert "--threads 1" in (w / "log.txt").read_text()
+        got = json.loads((w / "stage3_robust" / "test_metrics.json").read_text())
+        assert res["scores"]["robust"][s - 1]["seg_v"] == got["seg_v"]
+    md = (tmp_path / "res" / "est.md").read_text()
+    assert "every stage on one CPU thread" in md and md.count("\n| ") == 4  # header and three rows

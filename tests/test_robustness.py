@@ -572,6 +572,26 @@ def test_stage2_scores_drops_only_against_truth_that_describes_its_train_videos(
     assert "(zzzzzzzzzzz_0_10 is not a train video)" in out and "quality" not in meta
 
 
+def test_calibrate_val_needs_the_val_splits_truth(tiny_llp, stage1_out, tmp_path):
+    """--calibrate val learns from the val videos' dense truth; eval files that leave val out would
+    make every val label 'absent' in both modalities: a one-line error naming the files, no output."""
+    test_only = tmp_path / "eval"
+    test_only.mkdir()
+    val = set(llp.read_weak(tiny_llp.data / "AVVP_val_pd.csv").filenames)
+    for kind in ("audio", "visual"):
+        lines = (tiny_llp.data / f"AVVP_eval_{kind}.csv").read_text().splitlines(keepends=True)
+        (test_only / f"AVVP_eval_{kind}.csv").write_text(
+            "".join([lines[0]] + [x for x in lines[1:] if x.split("\t")[0] not in val]))
+    out_dir = tmp_path / "s2"
+    code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(eval_audio=test_only / "AVVP_eval_audio.csv",
+                                                              eval_visual=test_only / "AVVP_eval_visual.csv"),
+                                         "--model_save_dir", stage1_out / "models_step1", "--output_dir", out_dir,
+                                         "--calibrate", "val"], tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{test_only / 'AVVP_eval_audio.csv'}" in err and "describes 0 of the 8 val videos" in err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
 def test_atomic_group_renames_all_at_the_end_or_none(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("old a")
