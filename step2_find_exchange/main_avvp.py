@@ -54,9 +54,9 @@ def get_args(argv=None):
                         "labels neither keep a label nor make the class error 0 (1: the base model, released)")
     g.add_argument("--calibrate", choices=["none", "val"], default="none",
                    help="none: drop by the threshold rule above (released); val: drop a label when P(its modality "
-                        "is absent | its six swap probabilities and their class means) > 0.5, that probability a logistic regression fit on "
-                        "the same swaps of the val split against its dense truth (--eval_audio / --eval_visual, "
-                        "which LLP ships for val); meant with --folds (calibration.py)")
+                        "is absent | its six swap probabilities and their class means) > 0.5, that probability a "
+                        "logistic regression fit on the same swaps of the val split against its dense truth "
+                        "(--eval_audio / --eval_visual, which LLP ships for val); meant with --folds (calibration.py)")
     config.add_recipe_arg(g, ROBUST)
     g = p.add_argument_group("stage 2 files")
     g.add_argument("--output_dir", default="outputs/", help="where the label CSVs go")
@@ -130,6 +130,12 @@ def main(argv=None):
     args.frame_pool = net.frame_pool
     train = data.load_split(args, args.label_train, device, name="train")
     weak = train.labels
+    val = None
+    if args.error_scale == "val" or args.calibrate == "val":  # every fold model is blind to val
+        truth = data.read_eval_truth(args) if args.calibrate == "val" else None
+        val = data.load_split(args, args.label_val, device, truth=truth, name="val")
+        if args.calibrate == "val":  # before any pass: without val's truth there is nothing to learn from
+            calibration.check_val_truth(val, args.eval_audio, args.eval_visual)
     with clock("swap passes"):
         partners = dataloader.pick_partners(weak, args.seed, train.filenames, draws=args.partners)  # (K, N)
         if args.folds == 1:
@@ -137,10 +143,7 @@ def main(argv=None):
         else:
             orig, vis, aud = stage_model.out_of_fold_probs(models, train, partners, args.eval_batch_size)
     print(f"swapped passes over {len(train)} videos, {args.partners} partner(s) each, in {clock.last:.2f}s")
-    held_out = val = None
-    if args.error_scale == "val" or args.calibrate == "val":  # every fold model is blind to val
-        truth = data.read_eval_truth(args) if args.calibrate == "val" else None
-        val = data.load_split(args, args.label_val, device, truth=truth, name="val")
+    held_out = None
     if args.error_scale == "val":  # the class error of the fold models' mean probs
         runs = [predict(m, val, args.eval_batch_size, keys=("audio_prob", "visual_prob")) for m, _, _ in models]
         held_out = (stage_model.mean_of(runs), val.labels)
@@ -148,7 +151,6 @@ def main(argv=None):
                                                                  args.error_scale, held_out)
     p_absent = calibrated = None
     if args.calibrate == "val":  # the same swaps on val, one run per model, against val's dense truth
-        calibration.check_val_truth(val, args.eval_audio, args.eval_visual)
         if args.folds == 1:
             print("note: --calibrate val without --folds: the base model reads train videos it trained on, and "
                   "unseen val videos; their evidence differs (stage 1 and 2 --folds 2 read both unseen)")
@@ -163,7 +165,7 @@ def main(argv=None):
                      else f"; {c['note']}"))
 
     for kind, scale in (("audio", a_class), ("visual", v_class)):
-        if report.normalisation_is_undefined(scale):
+        if args.calibrate == "none" and report.normalisation_is_undefined(scale):
             print(f"note: {report.undefined_normalisation_note(kind, 'val' if args.error_scale == 'val' else 'train')}")
     keep_a = (weak > 0) & ~drop_a
     keep_v = (weak > 0) & ~drop_v
