@@ -13,8 +13,9 @@ trained on half the train videos), then each estimator's labels, stage 3 retrain
   folds2_partners8  --folds 2 --partners 8
   calibrated   --folds 2 --calibrate val: drop where P(absent | swap evidence) > 0.5, that
                probability fit on the val split's dense truth
-  robust       --recipe robust: stage 2 --folds 2 --partners 8 --calibrate val; stage 3 as
-               released, which is its robust recipe
+  robust       --recipe robust in stages 2 and 3: stage 2 --folds 2 --partners 8 --calibrate val,
+               stage 3 --no-quirk_video_target
+  robust_stage2  robust's labels, stage 3 as released
   val_scale    --error_scale val: the class error behind the thresholds measured on the val split
   partners8_val  --partners 8 and --error_scale val
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
@@ -54,6 +55,8 @@ STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type
 # one stage-1 run per seed (= stage 1 --recipe robust): its base model is stage 1 as released, its
 # fold models (fold<k>of2/) are what --folds 2 reads
 STAGE1_FLAGS, STAGE1_DONE = ["--folds", "2"], "fold2of2/test_metrics.json"
+# stage-3 flags of an estimator's own stage-3 run (the others: stage 3 as released)
+STAGE3_FLAGS = {"robust": ["--recipe", "robust"]}
 # estimator -> (stage-2 flags, the model stage 2 reads: a run name under the seed's folder)
 ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "stage1"),
               "folds2": (["--folds", "2"], "stage1"),
@@ -64,7 +67,7 @@ ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "st
               "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
               "reestimate": ([], "stage3_released")}
 # stage-3 options: row -> (stage-3 flags, the estimator whose stage-2 labels it reads)
-STAGE3_OPTIONS = {"denoise": (["--denoise", "joint"], "released"),
+STAGE3_OPTIONS = {"robust_stage2": ([], "robust"), "denoise": (["--denoise", "joint"], "released"),
                   "partners8_val_denoise": (["--denoise", "joint"], "partners8_val")}
 FIXED = ("oracle", "no_drop")  # rows whose labels are written here: the true modality labels, the weak labels
 
@@ -133,7 +136,8 @@ def main():
                 stage("step2_find_exchange", ["--mode", "estimate_labels", *common, *flags, *truth,
                                               "--model_save_dir", f"{w}/{source}", "--output_dir", f"{w}/stage2_{name}"],
                       log, w / f"stage2_{name}" / "estimate_meta.json")
-                stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
+                stage("step3_retrain", ["--mode", "retrain", *common, *train, *STAGE3_FLAGS.get(name, []),
+                                        "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", f"{w}/stage2_{name}/modality_aware_labels.csv"],
                       log, w / f"stage3_{name}" / "test_metrics.json")
             for name, (flags, source) in stage3_options.items():
@@ -155,9 +159,10 @@ def main():
         for name in scores:
             run = "stage1" if name == "stage1" else f"stage3_{name}"
             scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
-        for name in quality:
-            if name in ESTIMATORS:
-                quality[name].append(json.loads((w / f"stage2_{name}" / "estimate_meta.json").read_text())["quality"])
+        for name in quality:  # a stage-3 option trains on its estimator's labels, unless it denoises them itself
+            if name in ESTIMATORS or "--denoise" not in STAGE3_OPTIONS[name][0]:
+                source = name if name in ESTIMATORS else STAGE3_OPTIONS[name][1]
+                quality[name].append(json.loads((w / f"stage2_{source}" / "estimate_meta.json").read_text())["quality"])
             else:
                 quality[name].append(csv_quality(data, w / f"stage3_{name}" / "denoised_labels.csv"))
 

@@ -174,9 +174,11 @@ def test_recipe_sets_defaults_and_explicit_flags_win():
     assert stage_args(STAGE2, "--recipe", "robust", "--calibrate", "none").calibrate == "none"
     assert stage_args(STAGE2, "--recipe", "robust", "--partners", "3").partners == 3
     assert stage_args(STAGE1, "--recipe", "robust").folds == 2 and stage_args(STAGE1).folds == 1
-    # stage 3's robust recipe is its released one: every option the same, the recipe recorded
+    # stage 3's robust recipe differs from its released one in the video target alone; the recipe is recorded
     r3, s3 = vars(stage_args(STAGE3)), vars(stage_args(STAGE3, "--recipe", "robust"))
-    assert s3.pop("recipe") == "robust" and r3.pop("recipe") == "released" and r3 == s3
+    assert s3.pop("recipe") == "robust" and r3.pop("recipe") == "released"
+    assert r3.pop("quirk_video_target") is True and s3.pop("quirk_video_target") is False and r3 == s3
+    assert stage_args(STAGE3, "--recipe", "robust", "--quirk_video_target").quirk_video_target is True
 
 
 def test_logistic_fit_recovers_known_weights():
