@@ -12,24 +12,11 @@ is read by a model that never saw it, as every val video is.
 """
 import numpy as np
 
-from avvp.errors import AVVPError
-
 # the six video-level probabilities behind a label: (original, visual swapped, audio swapped) x (audio, visual)
 EVIDENCE = [f"{kind}_{which}" for kind in ("orig", "vis_swapped", "aud_swapped") for which in ("audio", "visual")]
 FEATURES = EVIDENCE + [f"class_mean_{e}" for e in EVIDENCE]
 L2 = 1.0       # ridge on the standardised weights: keeps a small val split (150 videos in the demo) from overfitting
 DECISION = 0.5  # drop when absent is the more likely state: the fewest wrong labels
-VAL_COVERAGE = 0.9  # share of val videos the dense truth must describe (LLP's describes all 649)
-
-
-def check_val_truth(val, eval_audio, eval_visual):
-    """A one-line error unless the eval files describe the val split: a val video they miss would
-    count as lacking every event in both modalities, and the rule would learn to drop everything."""
-    described = int((val.gt_a.any(axis=(1, 2)) | val.gt_v.any(axis=(1, 2))).sum())
-    if described < VAL_COVERAGE * len(val):
-        raise AVVPError(f"{eval_audio}, {eval_visual}: the dense truth describes {described} of the {len(val)} val "
-                        f"videos of {val.path}; --calibrate val needs the val split's truth (LLP's eval files "
-                        f"cover val and test)")
 
 
 def logit(p):
@@ -56,11 +43,16 @@ def design(ev, labels, means):
     return np.concatenate([ev[vi, ci], means[ci]], axis=1), vi, ci
 
 
+def standardised(x, mean, std):
+    """(L, F) features -> (L, 1 + F): a column of ones for the intercept, then (x - mean) / std."""
+    return np.hstack([np.ones((len(x), 1)), (x - mean) / std])
+
+
 def fit_logistic(x, y, l2=L2, iters=100):
     """L2-regularised logistic regression (intercept not penalised) by Newton's method on standardised
     features. x (L, F), y (L,) 0/1. Returns {"mean", "std", "weights"} (weights: intercept first)."""
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-8
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / std])
+    z = standardised(x, mean, std)
     reg = l2 * np.eye(z.shape[1])
     reg[0, 0] = 0.0
     w = np.zeros(z.shape[1])
@@ -76,8 +68,8 @@ def fit_logistic(x, y, l2=L2, iters=100):
 
 
 def prob_absent(model, x):
-    z = np.hstack([np.ones((len(x), 1)), (x - model["mean"]) / model["std"]])
-    return 1.0 / (1.0 + np.exp(-z @ model["weights"]))
+    """The fitted P(absent) of each row of x (L, F): (L,)."""
+    return 1.0 / (1.0 + np.exp(-standardised(x, model["mean"], model["std"]) @ model["weights"]))
 
 
 def calibrated_drops(weak, train_probs, val_labels, val_present, val_runs):

@@ -1,5 +1,6 @@
-"""Stage 2's data: the train split, seeded partners sharing no class, and the hidden truth
-of synthetic train videos (to score the estimated labels) when it exists."""
+"""Stage 2's data: the train split, seeded partners sharing no class, the hidden truth of
+synthetic train videos (to score the estimated labels) when it exists, and the check that the val
+split has the dense truth --calibrate val learns from."""
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ from avvp import llp
 from avvp.errors import AVVPError
 
 
-TRUTH_COVERAGE = 0.9  # share of train videos the train truth must describe (the rest: noise-only labels)
+TRUTH_COVERAGE = 0.9  # share of a split's videos its dense truth must describe (the rest: noise-only labels)
 
 
 def label_bits(labels):
@@ -75,3 +76,14 @@ def load_truth(args, filenames):
               f"this train split ({why})")
         return None
     return tuple(llp.dense_matrix(e, filenames) for e in events)
+
+
+def check_val_truth(val, eval_audio, eval_visual):
+    """--calibrate val: a one-line error unless the eval files describe TRUTH_COVERAGE of the val
+    split (LLP's describe all 649 val videos). A val video they miss would count as lacking every
+    event in both modalities, and the rule would learn to drop everything."""
+    described = int((val.gt_a.any(axis=(1, 2)) | val.gt_v.any(axis=(1, 2))).sum())
+    if described < TRUTH_COVERAGE * len(val):
+        raise AVVPError(f"{eval_audio}, {eval_visual}: the dense truth describes {described} of the {len(val)} val "
+                        f"videos of {val.path}; --calibrate val needs the val split's truth (LLP's eval files "
+                        f"cover val and test)")

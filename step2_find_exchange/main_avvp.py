@@ -132,10 +132,10 @@ def main(argv=None):
     weak = train.labels
     val = None
     if args.error_scale == "val" or args.calibrate == "val":  # every fold model is blind to val
-        truth = data.read_eval_truth(args) if args.calibrate == "val" else None
-        val = data.load_split(args, args.label_val, device, truth=truth, name="val")
+        eval_truth = data.read_eval_truth(args) if args.calibrate == "val" else None
+        val = data.load_split(args, args.label_val, device, truth=eval_truth, name="val")
         if args.calibrate == "val":  # before any pass: without val's truth there is nothing to learn from
-            calibration.check_val_truth(val, args.eval_audio, args.eval_visual)
+            dataloader.check_val_truth(val, args.eval_audio, args.eval_visual)
     with clock("swap passes"):
         partners = dataloader.pick_partners(weak, args.seed, train.filenames, draws=args.partners)  # (K, N)
         if args.folds == 1:
