@@ -16,8 +16,8 @@ def normalisation_is_undefined(scale):
     """True when stage 2's per-class error scale of a kind (a_class or v_class, C values) is NaN
     for every class: stage 1 made no thresholded error of that kind on the train labels, so the
     released normalisation err / max(err) is 0/0 and no label of that kind can be dropped. Not a
-    failure of the run: at demo scale stage 1 can fit every weak label (README, "Why 3,000 train
-    videos")."""
+    failure of the run: at demo scale stage 1 can fit every weak label (docs/RESULTS.md, "Why 2,500
+    train videos")."""
     return len(scale) > 0 and not any(math.isfinite(float(x)) for x in scale)
 
 
