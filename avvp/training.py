@@ -1,5 +1,7 @@
 """The training loop of stages 1 and 3: Adam + StepLR over fixed per-video targets, eager or with
-the whole step replayed from one CUDA graph; val every epoch, test at the end, checkpoints, resume."""
+the whole step replayed from one CUDA graph; val every epoch, test at the end, checkpoints, resume;
+and the cross-fitting models of --folds."""
+import copy
 import math
 import os
 import random
@@ -10,10 +12,11 @@ import torch
 from tqdm import tqdm
 
 from . import evaluate as llp_eval
-from .checkpoints import checkpoint_path, load_checkpoint, load_model_strict, save_checkpoint
+from .checkpoints import checkpoint_path, fold_dir, load_checkpoint, load_model_strict, save_checkpoint
+from .config import seed_everything
 from .errors import AVVPError
 from .files import ensure_writable_dir
-from .model import mmil_loss
+from .model import MMIL_Net, mmil_loss
 from .predict import evaluate, metrics_line, write_metrics
 from .timing import clock, memory_line
 
@@ -249,3 +252,29 @@ def fit(args, trainer, val, test, stage, device, extra=None):
     print(memory_line(device))
     print(clock.line())
     return test_metrics
+
+
+def folds(n, k, seed):
+    """Split videos 0..n-1 into k seeded folds of near-equal size: a list of k ascending index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(order[i::k]) for i in range(k)]
+
+
+def train_folds(args, train, targets, val, test, stage, device, loss_options):
+    """The cross-fitting models of --folds K: model k trains on every train video outside seeded fold
+    k, with the same targets, recipe and seed, into <model_save_dir>/fold<k>of<K>/, and its checkpoint
+    names the videos it never saw (fold -> heldout), so that stage 2 --folds K reads every train
+    video with a model blind to it. targets: (video, audio, visual) arrays (N, 25) of the whole
+    split; loss_options: the stage's, as for Trainer."""
+    for k, rows in enumerate(folds(len(train), args.folds, args.seed), start=1):
+        fold_args = copy.copy(args)
+        fold_args.model_save_dir = fold_dir(args.model_save_dir, k, args.folds)
+        keep = np.setdiff1d(np.arange(len(train)), rows)                          # (N - |fold k|,)
+        seed_everything(args.seed)
+        net = MMIL_Net(frame_pool=args.frame_pool, stack_modalities=args.stack_modalities).to(device)
+        trainer = Trainer(fold_args, net, train.subset(keep), tuple(np.asarray(t)[keep] for t in targets), device,
+                          loss_options)
+        print(f"{stage} fold {k}/{args.folds}: training on {len(keep)} videos, {len(rows)} held out")
+        heldout = [train.filenames[i] for i in rows]
+        fit(fold_args, trainer, val, test, stage, device, extra={"fold": {"k": k, "folds": args.folds, "heldout": heldout}})
+        print(f"saved {checkpoint_path(fold_args)}")

@@ -16,6 +16,8 @@ trained on half the train videos), then each estimator's labels, stage 3 retrain
   robust       --recipe robust in stages 2 and 3: stage 2 --folds 2 --partners 8 --calibrate val,
                stage 3 --no-quirk_video_target
   robust_stage2  robust's labels, stage 3 as released
+  robust_reestimated  robust's stage 2 run again on robust's stage-3 fold models (stage 3 --recipe robust
+               trains them: --folds 2), then stage 3 --recipe robust on those labels
   val_scale    --error_scale val: the class error behind the thresholds measured on the val split
   partners8_val  --partners 8 and --error_scale val
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
@@ -28,7 +30,8 @@ trained on half the train videos), then each estimator's labels, stage 3 retrain
 Prints one row per estimator: precision / recall / F1 of the dropped audio and visual labels and
 stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds; writes
 --out .md and .json. A run whose output exists is not run again. --rows runs only the rows named
-(and what they read: reestimate needs released's stage 3, a stage-3 option its estimator's labels).
+(and what they read: reestimate needs released's stage 3, robust_reestimated robust's, a stage-3 option its
+estimator's labels).
 --jobs N runs N seeds at once, every stage on one CPU thread (on 2 cores, 2 jobs finish about 2.5x
 sooner than one job on 2 threads; one thread rounds float sums in another order, so the figures
 are another draw of the same runs).
@@ -55,8 +58,10 @@ STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type
 # one stage-1 run per seed (= stage 1 --recipe robust): its base model is stage 1 as released, its
 # fold models (fold<k>of2/) are what --folds 2 reads
 STAGE1_FLAGS, STAGE1_DONE = ["--folds", "2"], "fold2of2/test_metrics.json"
-# stage-3 flags of an estimator's own stage-3 run (the others: stage 3 as released)
-STAGE3_FLAGS = {"robust": ["--recipe", "robust"]}
+# stage-3 flags of an estimator's own stage-3 run (the others: stage 3 as released); robust's
+# trains the fold models that robust_reestimated reads, robust_reestimated's needs none
+STAGE3_FLAGS = {"robust": ["--recipe", "robust"], "robust_reestimated": ["--recipe", "robust", "--folds", "1"]}
+STAGE3_DONE = {"robust": "fold2of2/test_metrics.json"}
 # estimator -> (stage-2 flags, the model stage 2 reads: a run name under the seed's folder)
 ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "stage1"),
               "folds2": (["--folds", "2"], "stage1"),
@@ -65,7 +70,8 @@ ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "st
               "robust": (["--recipe", "robust"], "stage1"),
               "val_scale": (["--error_scale", "val"], "stage1"),
               "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
-              "reestimate": ([], "stage3_released")}
+              "reestimate": ([], "stage3_released"),
+              "robust_reestimated": (["--recipe", "robust"], "stage3_robust")}
 # stage-3 options: row -> (stage-3 flags, the estimator whose stage-2 labels it reads)
 STAGE3_OPTIONS = {"robust_stage2": ([], "robust"), "denoise": (["--denoise", "joint"], "released"),
                   "partners8_val_denoise": (["--denoise", "joint"], "partners8_val")}
@@ -114,6 +120,8 @@ def main():
     needed = set(rows) | {STAGE3_OPTIONS[r][1] for r in rows if r in STAGE3_OPTIONS}
     if "reestimate" in rows:
         needed.add("released")
+    if "robust_reestimated" in rows:
+        needed.add("robust")
     estimators = {k: v for k, v in ESTIMATORS.items() if k in needed}
     stage3_options = {k: v for k, v in STAGE3_OPTIONS.items() if k in rows}
     fixed = {k: work / f"{k}_labels.csv" for k in FIXED if k in rows}
@@ -132,14 +140,14 @@ def main():
         with open(w / "log.txt", "a") as log:
             stage("step1_train_base_model", ["--mode", "train", *common, *train, *STAGE1_FLAGS, "--model_save_dir",
                                              f"{w}/stage1"], log, w / "stage1" / STAGE1_DONE)
-            for name, (flags, source) in estimators.items():  # reestimate comes last: it reads released's stage 3
+            for name, (flags, source) in estimators.items():  # the re-estimates come after the stage 3 they read
                 stage("step2_find_exchange", ["--mode", "estimate_labels", *common, *flags, *truth,
                                               "--model_save_dir", f"{w}/{source}", "--output_dir", f"{w}/stage2_{name}"],
                       log, w / f"stage2_{name}" / "estimate_meta.json")
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, *STAGE3_FLAGS.get(name, []),
                                         "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", f"{w}/stage2_{name}/modality_aware_labels.csv"],
-                      log, w / f"stage3_{name}" / "test_metrics.json")
+                      log, w / f"stage3_{name}" / STAGE3_DONE.get(name, "test_metrics.json"))
             for name, (flags, source) in stage3_options.items():
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, *flags, "--model_save_dir",
                                         f"{w}/stage3_{name}", "--label_ma",

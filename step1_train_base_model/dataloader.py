@@ -1,4 +1,4 @@
-"""Stage 1's training targets, from the weak labels alone, and its cross-fitting folds."""
+"""Stage 1's training targets, from the weak labels alone."""
 import numpy as np
 
 
@@ -8,8 +8,3 @@ def targets(labels, visual_smoothing):
     y = np.asarray(labels, dtype=np.float32)
     return y, y.copy(), (1.0 - visual_smoothing) * y + visual_smoothing / 2.0
 
-
-def folds(n, k, seed):
-    """Split videos 0..n-1 into k seeded folds of near-equal size: a list of k ascending index arrays."""
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(order[i::k]) for i in range(k)]

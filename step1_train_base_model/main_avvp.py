@@ -7,12 +7,8 @@
 
 Ablations: edit the defaults of the "stage 1 method" group below (or pass the flags).
 """
-import copy
-
-import numpy as np
-
 from avvp import config, data, stage, training
-from avvp.checkpoints import checkpoint_path, fold_dir
+from avvp.checkpoints import checkpoint_path
 from avvp.config import add_loss_args, number
 from avvp.errors import cli
 
@@ -37,24 +33,6 @@ def get_args(argv=None):
     return config.parse_with_recipe(p, argv, ROBUST)
 
 
-def train_folds(args, train, val, test, device):
-    """The cross-fitting models: model k trains on every train video outside fold k with the same
-    recipe and seed, and its checkpoint names the videos it never saw (fold -> heldout)."""
-    for k, rows in enumerate(dataloader.folds(len(train), args.folds, args.seed), start=1):
-        fold_args = copy.copy(args)
-        fold_args.model_save_dir = fold_dir(args.model_save_dir, k, args.folds)
-        config.seed_everything(args.seed)
-        net = stage_model.MMIL_Net(frame_pool=args.frame_pool, stack_modalities=args.stack_modalities).to(device)
-        fit_on = train.subset(np.setdiff1d(np.arange(len(train)), rows))
-        trainer = training.Trainer(fold_args, net, fit_on, dataloader.targets(fit_on.labels, args.visual_smoothing),
-                                   device, stage_model.loss_options(args))
-        print(f"stage 1 fold {k}/{args.folds}: training on {len(fit_on)} videos, {len(rows)} held out")
-        heldout = [train.filenames[i] for i in rows]
-        training.fit(fold_args, trainer, val, test, STAGE, device,
-                     extra={"fold": {"k": k, "folds": args.folds, "heldout": heldout}})
-        print(f"saved {checkpoint_path(fold_args)}")
-
-
 @cli
 def main(argv=None):
     args = get_args(argv)
@@ -64,14 +42,14 @@ def main(argv=None):
     device, net = started
     train = data.load_split(args, args.label_train, device, name="train")
     val, test = data.load_eval_splits(args, device)
-    trainer = training.Trainer(args, net, train, dataloader.targets(train.labels, args.visual_smoothing), device,
-                               stage_model.loss_options(args))
+    targets = dataloader.targets(train.labels, args.visual_smoothing)
+    trainer = training.Trainer(args, net, train, targets, device, stage_model.loss_options(args))
     print(f"stage 1: {len(train)} train / {len(val)} val / {len(test)} test videos, "
           f"{args.epochs} epochs, contrastive weight {args.contrastive_weight}")
     training.fit(args, trainer, val, test, STAGE, device)
     print(f"saved {checkpoint_path(args)}")
     if args.folds > 1:
-        train_folds(args, train, val, test, device)
+        training.train_folds(args, train, targets, val, test, STAGE, device, stage_model.loss_options(args))
 
 
 if __name__ == "__main__":

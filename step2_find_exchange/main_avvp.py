@@ -2,7 +2,8 @@
 
     python main_avvp.py --mode estimate_labels --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
 
-Loads stage 1's checkpoint (or, with --folds K, its K cross-fitting models), pairs every train
+Loads stage 1's checkpoint (or, with --folds K, its K cross-fitting models; or stage 3's, to
+re-estimate the labels: --model_save_dir ../step3_retrain/models/), pairs every train
 video with a seeded random partner sharing no class, runs the frozen model on the original,
 visual-swapped and audio-swapped inputs, drops labels by MA's thresholds (or, with --calibrate val,
 where the same swaps on the val split, against its dense truth, say the modality is more likely
@@ -49,8 +50,8 @@ def get_args(argv=None):
     g.add_argument("--partners", type=number(1, kind=int), default=1,
                    help="swap partners per video, the swapped probs averaged over them (1: the released rule)")
     g.add_argument("--folds", type=number(1, kind=int), default=1,
-                   help="K >= 2: read each train video with the stage-1 fold model that never trained on it "
-                        "(<model_save_dir>/fold<k>of<K>/, from stage 1 --folds K), so that memorised train "
+                   help="K >= 2: read each train video with the fold model that never trained on it "
+                        "(<model_save_dir>/fold<k>of<K>/, from stage 1 or stage 3 --folds K), so that memorised train "
                         "labels neither keep a label nor make the class error 0 (1: the base model, released)")
     g.add_argument("--calibrate", choices=["none", "val"], default="none",
                    help="none: drop by the threshold rule above (released); val: drop a label when P(its modality "
@@ -176,11 +177,11 @@ def main(argv=None):
     print("\n".join(count_lines(weak, drop_a, drop_v, a_class, v_class)))
     print(f"dropped {int(drop_a.sum())} audio and {int(drop_v.sum())} visual labels of {int((weak > 0).sum())}")
 
-    # with --folds the fold models are read, not the base model: the one checkpoint key stays empty
+    # with --folds the fold models are read, not the one model: the one checkpoint key stays empty
     one = args.folds == 1
-    meta = {"args": vars(args), "stage1_checkpoint": os.path.abspath(ckpt_path) if one else None,
-            "stage1_epoch": ckpt.get("epoch") if one else None,
-            "stage1_fold_checkpoints": [] if one else [os.path.abspath(p) for p in paths],
+    meta = {"args": vars(args), "model_stage": ckpt.get("stage"),
+            "checkpoint": os.path.abspath(ckpt_path) if one else None, "epoch": ckpt.get("epoch") if one else None,
+            "fold_checkpoints": [] if one else [os.path.abspath(p) for p in paths],
             "a_class": a_class.tolist(), "v_class": v_class.tolist(),
             "dropped_audio": int(drop_a.sum()), "dropped_visual": int(drop_v.sum()),
             "weak_labels": int((weak > 0).sum()), "train_videos": len(train)}

@@ -21,7 +21,7 @@ def stage1_hint(folds=1):
 
 
 def load_frozen(path, args, device, folds=1):
-    """The stage-1 network in eval mode, weights loaded strictly. Returns (model, checkpoint)."""
+    """The stage-1 (or stage-3) network in eval mode, weights loaded strictly. Returns (model, checkpoint)."""
     ckpt = load_checkpoint(path, hint=stage1_hint(folds))
     model = MMIL_Net(frame_pool=ckpt.get("arch", {}).get("frame_pool", args.frame_pool)).to(device)
     load_model_strict(model, ckpt, path)
@@ -56,7 +56,7 @@ def swap_probs(model, split, partners, batch_size, rows=None):
 def out_of_fold_probs(models, split, partners, batch_size):
     """swap_probs with each train video read by the fold model that never trained on it.
 
-    models: [(model, checkpoint, path)] of stage 1 --folds K; each checkpoint's fold -> heldout
+    models: [(model, checkpoint, path)] of stage 1 or 3 --folds K; each checkpoint's fold -> heldout
     names its videos, which must cover the split once. Returns swap_probs' three dicts (N, C).
     """
     row = {name: i for i, name in enumerate(split.filenames)}
@@ -64,17 +64,17 @@ def out_of_fold_probs(models, split, partners, batch_size):
     for j, (_, ckpt, path) in enumerate(models):
         heldout = ckpt.get("fold", {}).get("heldout")
         if heldout is None:
-            raise AVVPError(f"{path}: not a fold model of stage 1 --folds (no held-out videos recorded)")
+            raise AVVPError(f"{path}: not a fold model of stage 1 or 3 --folds (no held-out videos recorded)")
         for name in heldout:
             i = row.get(name)
             if i is None or owner[i] >= 0:
                 why = "is not in the train split" if i is None else "is held out of two fold models"
-                raise AVVPError(f"{path}: held-out video {name} {why} ({split.path}); rerun stage 1 --folds "
+                raise AVVPError(f"{path}: held-out video {name} {why} ({split.path}); rerun its stage with --folds "
                                 f"on this train split")
             owner[i] = j
     if (owner < 0).any():
         raise AVVPError(f"{split.path}: train video {split.filenames[int(np.argmax(owner < 0))]} is held out of no "
-                        f"fold model; rerun stage 1 --folds on this train split")
+                        f"fold model; rerun its stage with --folds on this train split")
     out = None
     for j, (model, _, _) in enumerate(models):
         rows = np.flatnonzero(owner == j)

@@ -3,6 +3,7 @@
     python main_avvp.py --mode retrain --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18
     python main_avvp.py --mode test
     python main_avvp.py --mode parse --plot 5   # event tables (+ pictures) in outputs/parse/
+    python main_avvp.py --mode retrain --folds 2  # also models/fold1of2/, fold2of2/ for stage 2 to re-estimate from
 
 Ablations: edit the defaults of the "stage 3 method" group below (or pass the flags).
 """
@@ -20,8 +21,9 @@ import model as stage_model
 
 STAGE = "stage3"
 # --recipe robust: the video-level target keeps a label whose audio label stage 2 dropped (the released
-# quirk zeroes it too, which doubles the cost of a wrong audio drop); same mean, a third of the seed spread
-ROBUST = {"quirk_video_target": False}
+# quirk zeroes it too, which doubles the cost of a wrong audio drop; same mean, a third of the seed
+# spread); and two fold models, from which stage 2 re-estimates the labels
+ROBUST = {"quirk_video_target": False, "folds": 2}
 
 
 def get_args(argv=None):
@@ -39,13 +41,21 @@ def get_args(argv=None):
                         "and drop, before each epoch and per class, those whose loss over the train split is large "
                         "in one modality and small in the other (JoMoLD's rule), as many as stage 2 drops of that "
                         "class (denoise.py)")
+    g.add_argument("--folds", type=number(1, kind=int), default=1,
+                   help="K >= 2: after the model, train K more on the same labels, the k-th on the train videos "
+                        "outside seeded fold k of K (models/fold<k>of<K>/), so that stage 2 --folds K "
+                        "--model_save_dir ../step3_retrain/models/ can re-estimate the labels with models that "
+                        "never trained on the video they read (1: none, the released recipe)")
     g.add_argument("--denoise_warmup", type=number(0), default=1.0,
                    help="--denoise joint: epochs over which the share of labels dropped ramps up from 0")
     # contrastive_weight 0 gives the paper's "MA, labels only"
     add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
                   visual_smoothing=0.1)
     config.add_recipe_arg(g, ROBUST)
-    return config.parse_with_recipe(p, argv, ROBUST)
+    args = config.parse_with_recipe(p, argv, ROBUST)
+    if args.folds > 1 and args.denoise != "off":
+        p.error(f"--folds {args.folds} trains on stage 2's labels; it does not combine with --denoise {args.denoise}")
+    return args
 
 
 @cli
@@ -79,6 +89,8 @@ def main(argv=None):
     trainer = training.Trainer(args, net, train, t, device, stage_model.loss_options(args), denoiser)
     training.fit(args, trainer, val, test, STAGE, device, extra={"label_ma": args.label_ma})
     print(f"saved {checkpoint_path(args)}")
+    if args.folds > 1:
+        training.train_folds(args, train, t, val, test, STAGE, device, stage_model.loss_options(args))
     if denoiser is not None:
         dropped = denoiser.dropped.cpu().numpy()                                  # (N, 25, 2)
         out = os.path.join(args.model_save_dir, "denoised_labels.csv")

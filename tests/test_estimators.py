@@ -128,7 +128,7 @@ def test_cross_fitting_folds(tiny_llp, stage1_out, tmp_path):
     held = [f["fold"]["heldout"] for f in folds]
     train = llp.read_weak(tiny_llp.data / "AVVP_train.csv")
     assert sorted(held[0] + held[1]) == sorted(train.filenames) and len(held[0]) == len(train.filenames) // 2
-    assert "stage 1 fold 2/2: training on 16 videos, 16 held out" in out
+    assert "stage1 fold 2/2: training on 16 videos, 16 held out" in out
     assert not torch.equal(folds[0]["model"]["fc_prob.weight"], folds[1]["model"]["fc_prob.weight"])
 
     # stage 2 reads each video with the model that never trained on it
@@ -136,8 +136,8 @@ def test_cross_fitting_folds(tiny_llp, stage1_out, tmp_path):
     code, out, err = call_stage(STAGE2, [*flags, "--folds", "2", "--output_dir", tmp_path / "s2"], tmp_path)
     assert code == 0, err
     meta = json.loads((tmp_path / "s2" / "estimate_meta.json").read_text())
-    assert [p.split("/")[-2] for p in meta["stage1_fold_checkpoints"]] == ["fold1of2", "fold2of2"]
-    assert meta["stage1_checkpoint"] is None
+    assert [p.split("/")[-2] for p in meta["fold_checkpoints"]] == ["fold1of2", "fold2of2"]
+    assert meta["checkpoint"] is None
     s2 = load_stage_main(STAGE2)
     s2_data, s2_model = s2.dataloader, s2.stage_model
     from avvp import config, data
@@ -166,6 +166,34 @@ def test_cross_fitting_folds(tiny_llp, stage1_out, tmp_path):
     assert code == 2 and "fold1of3/MMIL_Net.pt" in err and "--mode train --folds 3" in err
 
 
+def test_stage3_folds_and_reestimation(tiny_llp, stage1_out, tmp_path):
+    from conftest import STAGE3
+    estimate(tiny_llp, stage1_out, tmp_path, "released")
+    labels = tmp_path / "released" / "modality_aware_labels.csv"
+    m3 = tmp_path / "m3"
+    flags = ["--mode", "retrain", "--device", "cpu", *tiny_llp.args(), "--epochs", "1", "--label_ma", labels]
+    code, out, err = call_stage(STAGE3, [*flags, "--model_save_dir", m3, "--recipe", "robust"], tmp_path)
+    assert code == 0, err
+    # --recipe robust: the model, then one per fold on the other half of the train videos, same labels
+    train = llp.read_weak(tiny_llp.data / "AVVP_train.csv")
+    import torch
+    folds = [torch.load(m3 / f"fold{k}of2" / "MMIL_Net.pt", weights_only=False) for k in (1, 2)]
+    held = [f["fold"]["heldout"] for f in folds]
+    assert sorted(held[0] + held[1]) == sorted(train.filenames) and len(held[0]) == len(train.filenames) // 2
+    assert all(f["stage"] == "stage3" and f["args"]["label_ma"] == str(labels) for f in folds)
+    assert "stage3 fold 1/2: training on 16 videos, 16 held out" in out
+    assert (m3 / "fold2of2" / "test_metrics.json").is_file() and (m3 / "MMIL_Net.pt").is_file()
+    # stage 2 re-estimates from them: each train video read by the stage-3 model blind to it
+    out, meta, _, _ = estimate(tiny_llp, stage1_out, tmp_path, "again", "--folds", "2", "--model_save_dir", m3)
+    assert meta["model_stage"] == "stage3" and meta["checkpoint"] is None
+    assert [p.split("/")[-3:] for p in meta["fold_checkpoints"]] == [["m3", f"fold{k}of2", "MMIL_Net.pt"] for k in (1, 2)]
+    # fold models train on stage 2's labels: no --denoise with them
+    code, out, err = call_stage(STAGE3, [*flags, "--model_save_dir", tmp_path / "m3d", "--folds", "2",
+                                         "--denoise", "joint"], tmp_path)
+    assert code == 2 and "--folds 2 trains on stage 2's labels; it does not combine with --denoise joint" in err
+    assert not (tmp_path / "m3d").exists()
+
+
 def test_recipe_sets_defaults_and_explicit_flags_win():
     from conftest import STAGE1, STAGE2, STAGE3, stage_args
     released, robust = stage_args(STAGE2), stage_args(STAGE2, "--recipe", "robust")
@@ -174,10 +202,12 @@ def test_recipe_sets_defaults_and_explicit_flags_win():
     assert stage_args(STAGE2, "--recipe", "robust", "--calibrate", "none").calibrate == "none"
     assert stage_args(STAGE2, "--recipe", "robust", "--partners", "3").partners == 3
     assert stage_args(STAGE1, "--recipe", "robust").folds == 2 and stage_args(STAGE1).folds == 1
-    # stage 3's robust recipe differs from its released one in the video target alone; the recipe is recorded
+    # stage 3's robust recipe differs from its released one in the video target and the fold models
+    # alone; the recipe is recorded
     r3, s3 = vars(stage_args(STAGE3)), vars(stage_args(STAGE3, "--recipe", "robust"))
     assert s3.pop("recipe") == "robust" and r3.pop("recipe") == "released"
-    assert r3.pop("quirk_video_target") is True and s3.pop("quirk_video_target") is False and r3 == s3
+    assert r3.pop("quirk_video_target") is True and s3.pop("quirk_video_target") is False
+    assert r3.pop("folds") == 1 and s3.pop("folds") == 2 and r3 == s3
     assert stage_args(STAGE3, "--recipe", "robust", "--quirk_video_target").quirk_video_target is True
 
 
