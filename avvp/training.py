@@ -260,12 +260,12 @@ def folds(n, k, seed):
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def train_folds(args, train, targets, val, test, stage, device, loss_options):
+def train_folds(args, train, targets, val, test, stage, device, loss_options, extra=None):
     """The cross-fitting models of --folds K: model k trains on every train video outside seeded fold
     k, with the same targets, recipe and seed, into <model_save_dir>/fold<k>of<K>/, and its checkpoint
     names the videos it never saw (fold -> heldout), so that stage 2 --folds K reads every train
     video with a model blind to it. targets: (video, audio, visual) arrays (N, 25) of the whole
-    split; loss_options: the stage's, as for Trainer."""
+    split; loss_options: the stage's, as for Trainer; extra: more checkpoint entries, as for fit."""
     for k, rows in enumerate(folds(len(train), args.folds, args.seed), start=1):
         fold_args = copy.copy(args)
         fold_args.model_save_dir = fold_dir(args.model_save_dir, k, args.folds)
@@ -276,5 +276,6 @@ def train_folds(args, train, targets, val, test, stage, device, loss_options):
                           loss_options)
         print(f"{stage} fold {k}/{args.folds}: training on {len(keep)} videos, {len(rows)} held out")
         heldout = [train.filenames[i] for i in rows]
-        fit(fold_args, trainer, val, test, stage, device, extra={"fold": {"k": k, "folds": args.folds, "heldout": heldout}})
+        fit(fold_args, trainer, val, test, stage, device,
+            extra={**(extra or {}), "fold": {"k": k, "folds": args.folds, "heldout": heldout}})
         print(f"saved {checkpoint_path(fold_args)}")

@@ -90,7 +90,8 @@ def main(argv=None):
     training.fit(args, trainer, val, test, STAGE, device, extra={"label_ma": args.label_ma})
     print(f"saved {checkpoint_path(args)}")
     if args.folds > 1:
-        training.train_folds(args, train, t, val, test, STAGE, device, stage_model.loss_options(args))
+        training.train_folds(args, train, t, val, test, STAGE, device, stage_model.loss_options(args),
+                             extra={"label_ma": args.label_ma})
     if denoiser is not None:
         dropped = denoiser.dropped.cpu().numpy()                                  # (N, 25, 2)
         out = os.path.join(args.model_save_dir, "denoised_labels.csv")

@@ -180,7 +180,7 @@ def test_stage3_folds_and_reestimation(tiny_llp, stage1_out, tmp_path):
     folds = [torch.load(m3 / f"fold{k}of2" / "MMIL_Net.pt", weights_only=False) for k in (1, 2)]
     held = [f["fold"]["heldout"] for f in folds]
     assert sorted(held[0] + held[1]) == sorted(train.filenames) and len(held[0]) == len(train.filenames) // 2
-    assert all(f["stage"] == "stage3" and f["args"]["label_ma"] == str(labels) for f in folds)
+    assert all(f["stage"] == "stage3" and f["label_ma"] == str(labels) for f in folds)
     assert "stage3 fold 1/2: training on 16 videos, 16 held out" in out
     assert (m3 / "fold2of2" / "test_metrics.json").is_file() and (m3 / "MMIL_Net.pt").is_file()
     # stage 2 re-estimates from them: each train video read by the stage-3 model blind to it
