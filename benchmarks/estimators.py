@@ -28,7 +28,8 @@ trained on half the train videos), then each estimator's labels, stage 3 retrain
   oracle       the TRUE modality labels (an upper bound: what perfect drops would give)
   no_drop      every weak label kept (stage 3 on the weak labels alone)
 Prints one row per estimator: precision / recall / F1 of the dropped audio and visual labels and
-stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds; writes
+stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds, and for the
+rules that rank their drops by P(absent) (--calibrate) the visual precision at recall 0.7; writes
 --out .md and .json. A run whose output exists is not run again. --rows runs only the rows named
 (and what they read: reestimate needs released's stage 3, robust_reestimated robust's, a stage-3 option its
 estimator's labels).
@@ -44,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,6 +77,7 @@ ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "st
 # stage-3 options: row -> (stage-3 flags, the estimator whose stage-2 labels it reads)
 STAGE3_OPTIONS = {"robust_stage2": ([], "robust"), "denoise": (["--denoise", "joint"], "released"),
                   "partners8_val_denoise": (["--denoise", "joint"], "partners8_val")}
+RECALL = 0.7  # visual drops: the precision reached at this recall is printed (rules ranked by P(absent))
 FIXED = ("oracle", "no_drop")  # rows whose labels are written here: the true modality labels, the weak labels
 
 
@@ -85,6 +88,22 @@ def csv_quality(data, path):
     y = weak > 0
     return {"audio": drop_quality(y & (audio == 0), weak, truth[0], per_class=False),
             "visual": drop_quality(y & (visual == 0), weak, truth[1], per_class=False)}
+
+
+def precision_at_recall(data, path, recall=RECALL):
+    """The visual drops of a --calibrate run ranked by P(absent) (its dropped_labels.csv): the
+    precision of the fewest top-ranked drops that hold `recall` of the truly invisible weak labels
+    (NaN where all its drops hold less); None for a rule without P(absent)."""
+    d = pd.read_csv(path, sep="\t")
+    if "p_absent" not in d:
+        return None
+    train = llp.read_weak(data / llp.WEAK_FILES["train"])
+    absent = (train.labels > 0) & ~train_presence(data, train.filenames)[1]  # (N, 25) truly invisible
+    row, col = {f: i for i, f in enumerate(train.filenames)}, {c: j for j, c in enumerate(llp.CLASSES)}
+    d = d[d.dropped == "visual"].sort_values("p_absent", ascending=False, kind="stable")
+    hits = np.cumsum([absent[row[f], col[c]] for f, c in zip(d.filename, d.event_label)])
+    k = int(np.searchsorted(hits, recall * absent.sum()))  # the first prefix reaching the recall
+    return float(hits[k] / (k + 1)) if k < len(hits) else float("nan")
 
 
 def no_drop_csv(data, path):
@@ -161,6 +180,7 @@ def main():
     with ThreadPoolExecutor(a.jobs) as pool:  # each seed's runs go one after another, seeds side by side
         list(pool.map(run_seed, a.seeds))
     quality = {r: [] for r in [*estimators, *stage3_options]}  # per seed: the drops' quality
+    ranked = {r: [] for r in estimators}  # per seed: visual precision at RECALL, None without P(absent)
     scores = {r: [] for r in ["stage1", *rows]}
     for s in a.seeds:
         w = work / f"seed{s}"
@@ -168,6 +188,8 @@ def main():
             run = "stage1" if name == "stage1" else f"stage3_{name}"
             scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
         for name in quality:  # a stage-3 option trains on its estimator's labels, unless it denoises them itself
+            if name in ranked:
+                ranked[name].append(precision_at_recall(data, w / f"stage2_{name}" / "dropped_labels.csv"))
             if name in ESTIMATORS or "--denoise" not in STAGE3_OPTIONS[name][0]:
                 source = name if name in ESTIMATORS else STAGE3_OPTIONS[name][1]
                 quality[name].append(json.loads((w / f"stage2_{source}" / "estimate_meta.json").read_text())["quality"])
@@ -190,13 +212,18 @@ def main():
     if base:
         lines += ["", f"base rates (share of weak labels truly absent): audio {base['audio']['base_rate']:.3f}, "
                   f"visual {base['visual']['base_rate']:.3f}"]
+    ranked = {name: p for name, p in ranked.items() if None not in p}
+    if ranked:
+        lines += [f"visual drops ranked by P(absent), precision at recall {RECALL}: "
+                  + ", ".join(f"{name} {mean_std(p)}" for name, p in ranked.items())]
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": str(data), "threads": 1 if threads else
-                                                    "default", "scores": scores, "quality": quality}, indent=1))
+                                                    "default", "scores": scores, "quality": quality,
+                                                    f"visual_precision_at_recall_{RECALL}": ranked}, indent=1))
 
 
 if __name__ == "__main__":

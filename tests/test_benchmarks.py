@@ -68,6 +68,8 @@ def test_estimators_runs_seeds_side_by_side_and_tabulates_each_row(tiny_llp, tmp
     assert "seed 1: " in out and "seed 2: " in out
     res = json.loads((tmp_path / "res" / "est.json").read_text())
     assert res["threads"] == 1 and list(res["scores"]) == ["stage1", "released", "robust"]
+    # only the calibrated rule ranks its drops (P(absent)); the released threshold rule has no such row
+    assert list(res["visual_precision_at_recall_0.7"]) == ["robust"] and "precision at recall 0.7: robust" in out
     for s in (1, 2):
         w = tmp_path / "w" / f"seed{s}"
         # one stage-1 run per seed: the released stage 2 reads its base model, robust its fold models
@@ -79,3 +81,24 @@ def test_estimators_runs_seeds_side_by_side_and_tabulates_each_row(tiny_llp, tmp
         assert res["scores"]["robust"][s - 1]["seg_v"] == got["seg_v"]
     md = (tmp_path / "res" / "est.md").read_text()
     assert "every stage on one CPU thread" in md and md.count("\n| ") == 4  # header and three rows
+
+
+def test_estimators_precision_at_recall_ranks_visual_drops_by_p_absent(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from estimators import precision_at_recall
+    names = [f"vid{i}xxxxxx_0_10" for i in range(4)]
+    (tmp_path / "AVVP_train.csv").write_text("filename\tevent_labels\n" + "".join(f"{n}\tSpeech\n" for n in names))
+    for kind in ("audio", "visual"):  # Speech audible in all four, visible in the first two only
+        rows = names if kind == "audio" else names[:2]
+        (tmp_path / f"synthetic_train_eval_{kind}.csv").write_text(
+            "filename\tonset\toffset\tevent_labels\n" + "".join(f"{n}\t0\t10\tSpeech\n" for n in rows))
+    drops = tmp_path / "dropped_labels.csv"
+    # ranked: vid2 (right), vid0 (wrong: it is visible), vid3 (right); the audio drop is not counted
+    drops.write_text("filename\tevent_label\tdropped\tp_absent\n" + f"{names[0]}\tSpeech\tvisual\t0.8\n"
+                     f"{names[3]}\tSpeech\tvisual\t0.7\n{names[1]}\tSpeech\taudio\t0.95\n{names[2]}\tSpeech\tvisual\t0.9\n")
+    assert precision_at_recall(tmp_path, drops, recall=0.5) == 1.0   # one of the two invisible labels: vid2
+    assert precision_at_recall(tmp_path, drops, recall=0.7) == 2 / 3  # both need the first three
+    drops.write_text("filename\tevent_label\tdropped\tp_absent\n" + f"{names[2]}\tSpeech\tvisual\t0.9\n")
+    assert precision_at_recall(tmp_path, drops, recall=0.7) != precision_at_recall(tmp_path, drops, recall=0.7)  # NaN
+    drops.write_text("filename\tevent_label\tdropped\tthreshold\n" + f"{names[2]}\tSpeech\tvisual\t0.1\n")
+    assert precision_at_recall(tmp_path, drops) is None  # the threshold rule ranks nothing
