@@ -214,8 +214,11 @@ def main():
                   f"visual {base['visual']['base_rate']:.3f}"]
     ranked = {name: p for name, p in ranked.items() if None not in p}
     if ranked:
-        lines += [f"visual drops ranked by P(absent), precision at recall {RECALL}: "
-                  + ", ".join(f"{name} {mean_std(p)}" for name, p in ranked.items())]
+        parts = []
+        for name, p in ranked.items():  # mean_std leaves NaN out: say on how many seeds the recall was not reached
+            missed = int(np.isnan(p).sum())
+            parts.append(f"{name} {mean_std(p)}" + (f" (not reached on {missed} of {len(p)} seeds)" if missed else ""))
+        lines += [f"visual drops ranked by P(absent), precision at recall {RECALL}: " + ", ".join(parts)]
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
