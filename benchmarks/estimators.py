@@ -33,6 +33,9 @@ rules that rank their drops by P(absent) (--calibrate) the visual precision at r
 --out .md and .json. A run whose output exists is not run again. --rows runs only the rows named
 (and what they read: reestimate needs released's stage 3, robust_reestimated robust's, a stage-3 option its
 estimator's labels).
+--per_class adds, for every class visible in the test split, each row's segment visual F (its
+model's --mode parse on the test split, in <run>/parse_test/) and each estimator's visual drop
+precision / recall: which classes a row gains or loses on.
 --jobs N runs N seeds at once, every stage on one CPU thread (on 2 cores, 2 jobs finish about 2.5x
 sooner than one job on 2 threads; one thread rounds float sums in another order, so the figures
 are another draw of the same runs).
@@ -106,6 +109,46 @@ def precision_at_recall(data, path, recall=RECALL):
     return float(hits[k] / (k + 1)) if k < len(hits) else float("nan")
 
 
+def mean_text(values):
+    v = [x for x in values if x == x]  # NaN (nothing dropped) left out
+    return f"{np.mean(v):.3f}" if v else "n/a"
+
+
+def per_class_lines(data, work, seeds, names, quality):
+    """The --per_class tables: per class visible in the test split (most visible segments first),
+    each row's segment visual F of parse mode, mean +- std over seeds; then each estimator's visual
+    drop precision / recall per class, means over seeds. Returns (lines, {row: {class: [F per seed]}})."""
+    test = llp.read_weak(data / llp.WEAK_FILES["test"])
+    visible = llp.read_dense_matrix(data / llp.EVAL_FILES["visual"], test.filenames, warn=False).sum(axis=(0, 2))
+    order = [llp.CLASSES[c] for c in np.argsort(-visible, kind="stable") if visible[c]]
+    f = {n: pd.concat([pd.read_csv(work / f"seed{s}" / run_name(n) / "parse_test" / "per_class_f.csv", sep="\t",
+                                   index_col="class")["f_v"] for s in seeds], axis=1) for n in names}
+    head = ["class", "visible test segments", *names]
+    lines = ["", "Segment visual F per class (test split, mean +- std over seeds):", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for cls in order:
+        cells = [f"{f[n].loc[cls].mean():.1f} +- {f[n].loc[cls].std(ddof=0):.1f}" for n in names]
+        lines.append("| " + " | ".join([cls, str(int(visible[llp.CLASS_INDEX[cls]])), *cells]) + " |")
+    ranked = [n for n in names if n in quality and all("per_class" in q["visual"] for q in quality[n])]
+    if ranked:
+        head = ["class", "truly invisible weak labels", *ranked]
+        lines += ["", "Visual drops per class, precision / recall against the train truth (mean over seeds):", "",
+                  "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for cls in order:
+            per = {n: [q["visual"]["per_class"].get(cls) for q in quality[n]] for n in ranked}
+            first = per[ranked[0]][0]
+            if first is None:  # no weak train label of this class
+                continue
+            cells = [" / ".join(mean_text([c[m] for c in per[n]]) for m in ("precision", "recall")) for n in ranked]
+            lines.append("| " + " | ".join([cls, str(first["truly_absent"]), *cells]) + " |")
+    return lines, {n: {cls: f[n].loc[cls].tolist() for cls in order} for n in names}
+
+
+def run_name(row):
+    """The folder of a row's model in a seed's folder: stage 1's, or the row's stage-3 run."""
+    return "stage1" if row == "stage1" else f"stage3_{row}"
+
+
 def no_drop_csv(data, path):
     train = llp.read_weak(data / llp.WEAK_FILES["train"])
     y = train.labels > 0
@@ -129,6 +172,8 @@ def main():
     p.add_argument("--rows", nargs="+", choices=[*ESTIMATORS, *STAGE3_OPTIONS, *FIXED], metavar="ROW",
                    help="run and print only these rows (default: all); stage1 is always printed")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once (> 1: every stage on one CPU thread)")
+    p.add_argument("--per_class", action="store_true",
+                   help="also tabulate each row's segment visual F and visual drops per class (parse mode on the test split)")
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
     if not (data / llp.WEAK_FILES["train"]).is_file():
@@ -175,6 +220,12 @@ def main():
             for name, csv in fixed.items():
                 stage("step3_retrain", ["--mode", "retrain", *common, *train, "--model_save_dir", f"{w}/stage3_{name}",
                                         "--label_ma", str(csv)], log, w / f"stage3_{name}" / "test_metrics.json")
+            if a.per_class:  # each row's model parses the test split: its per_class_f.csv
+                for name in ["stage1", *rows]:
+                    out = w / run_name(name) / "parse_test"
+                    stage("step1_train_base_model" if name == "stage1" else "step3_retrain",
+                          ["--mode", "parse", *common, "--model_save_dir", str(w / run_name(name)), "--parse_out",
+                           str(out)], log, out / "per_class_f.csv")
         print(f"seed {s}: {time.perf_counter() - t0:.0f}s", flush=True)
 
     with ThreadPoolExecutor(a.jobs) as pool:  # each seed's runs go one after another, seeds side by side
@@ -185,8 +236,7 @@ def main():
     for s in a.seeds:
         w = work / f"seed{s}"
         for name in scores:
-            run = "stage1" if name == "stage1" else f"stage3_{name}"
-            scores[name].append(json.loads((w / run / "test_metrics.json").read_text()))
+            scores[name].append(json.loads((w / run_name(name) / "test_metrics.json").read_text()))
         for name in quality:  # a stage-3 option trains on its estimator's labels, unless it denoises them itself
             if name in ranked:
                 ranked[name].append(precision_at_recall(data, w / f"stage2_{name}" / "dropped_labels.csv"))
@@ -219,6 +269,10 @@ def main():
             missed = int(np.isnan(p).sum())
             parts.append(f"{name} {mean_std(p)}" + (f" (not reached on {missed} of {len(p)} seeds)" if missed else ""))
         lines += [f"visual drops ranked by P(absent), precision at recall {RECALL}: " + ", ".join(parts)]
+    per_class = None
+    if a.per_class:
+        more, per_class = per_class_lines(data, work, a.seeds, list(scores), quality)
+        lines += more
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
@@ -226,7 +280,9 @@ def main():
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": str(data), "threads": 1 if threads else
                                                     "default", "scores": scores, "quality": quality,
-                                                    f"visual_precision_at_recall_{RECALL}": ranked}, indent=1))
+                                                    f"visual_precision_at_recall_{RECALL}": ranked,
+                                                    **({"visual_f_per_class": per_class} if per_class else {})},
+                                                   indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
+
+from avvp import llp
 from avvp.evaluate import KEYS
 from conftest import ROOT, stage_env
 
@@ -65,7 +69,7 @@ def test_pipeline_tabulates_each_method_and_reuses_finished_runs(tiny_llp, tmp_p
 def test_estimators_runs_seeds_side_by_side_and_tabulates_each_row(tiny_llp, tmp_path):
     out = bench("estimators.py", "--seeds", 1, 2, "--jobs", 2, "--data_dir", tiny_llp.data, "--feats_dir",
                 tiny_llp.feats, "--workdir", tmp_path / "w", "--epochs", 1, "--device", "cpu",
-                "--rows", "released", "robust", "--out", tmp_path / "res" / "est", timeout=600)
+                "--rows", "released", "robust", "--per_class", "--out", tmp_path / "res" / "est", timeout=600)
     assert "seed 1: " in out and "seed 2: " in out
     res = json.loads((tmp_path / "res" / "est.json").read_text())
     assert res["threads"] == 1 and list(res["scores"]) == ["stage1", "released", "robust"]
@@ -81,7 +85,29 @@ def test_estimators_runs_seeds_side_by_side_and_tabulates_each_row(tiny_llp, tmp
         got = json.loads((w / "stage3_robust" / "test_metrics.json").read_text())
         assert res["scores"]["robust"][s - 1]["seg_v"] == got["seg_v"]
     md = (tmp_path / "res" / "est.md").read_text()
-    assert "every stage on one CPU thread" in md and md.count("\n| ") == 4  # header and three rows
+    tables = md.split("\n\n| ")
+    assert "every stage on one CPU thread" in md and tables[1].count("\n| ") == 3  # header and three rows
+    # --per_class: each row's parse of the test split, classes ordered by their visible test segments
+    per_class = res["visual_f_per_class"]
+    assert list(per_class) == ["stage1", "released", "robust"]
+    test = llp.read_weak(tiny_llp.data / llp.WEAK_FILES["test"])
+    visible = llp.read_dense_matrix(tiny_llp.data / llp.EVAL_FILES["visual"], test.filenames).sum(axis=(0, 2))
+    order = [llp.CLASSES[c] for c in np.argsort(-visible, kind="stable") if visible[c]]
+    assert list(per_class["robust"]) == order and len(order) > 3
+    for s in (1, 2):
+        f = pd.read_csv(tmp_path / "w" / f"seed{s}" / "stage3_robust" / "parse_test" / "per_class_f.csv", sep="\t",
+                        index_col="class")["f_v"]
+        assert [per_class["robust"][c][s - 1] for c in order] == f[order].tolist()
+    top = order[0]
+    f = per_class["released"][top]
+    assert f"| {top} | {int(visible.max())} | " in tables[2] and f"{np.mean(f):.1f} +- {np.std(f):.1f}" in tables[2]
+    # the drop table: robust's per-class visual precision / recall, means over the two seeds
+    q = [json.loads((tmp_path / "w" / f"seed{s}" / "stage2_robust" / "estimate_meta.json").read_text())
+         ["quality"]["visual"]["per_class"] for s in (1, 2)]
+    cls = next(c for c in order if all(c in x for x in q) and all(x[c]["dropped"] for x in q))  # dropped in both
+    line = next(x for x in tables[3].splitlines() if x.startswith(f"| {cls} | {q[0][cls]['truly_absent']} |"))
+    want = [np.mean([x[cls][m] for x in q]) for m in ("precision", "recall")]
+    assert line.endswith(f"| {want[0]:.3f} / {want[1]:.3f} |"), line
 
 
 def test_estimators_precision_at_recall_ranks_visual_drops_by_p_absent(tmp_path):
