@@ -102,16 +102,11 @@ def precision_at_recall(data, path, recall=RECALL):
         return None
     train = llp.read_weak(data / llp.WEAK_FILES["train"])
     absent = (train.labels > 0) & ~train_presence(data, train.filenames)[1]  # (N, 25) truly invisible
-    row, col = {f: i for i, f in enumerate(train.filenames)}, {c: j for j, c in enumerate(llp.CLASSES)}
+    row = {f: i for i, f in enumerate(train.filenames)}
     d = d[d.dropped == "visual"].sort_values("p_absent", ascending=False, kind="stable")
-    hits = np.cumsum([absent[row[f], col[c]] for f, c in zip(d.filename, d.event_label)])
+    hits = np.cumsum([absent[row[f], llp.CLASS_INDEX[c]] for f, c in zip(d.filename, d.event_label)])
     k = int(np.searchsorted(hits, recall * absent.sum()))  # the first prefix reaching the recall
     return float(hits[k] / (k + 1)) if k < len(hits) else float("nan")
-
-
-def mean_text(values):
-    v = [x for x in values if x == x]  # NaN (nothing dropped) left out
-    return f"{np.mean(v):.3f}" if v else "n/a"
 
 
 def per_class_lines(data, work, seeds, names, quality):
@@ -139,7 +134,7 @@ def per_class_lines(data, work, seeds, names, quality):
             first = per[ranked[0]][0]
             if first is None:  # no weak train label of this class
                 continue
-            cells = [" / ".join(mean_text([c[m] for c in per[n]]) for m in ("precision", "recall")) for n in ranked]
+            cells = [" / ".join(mean_std([c[m] for c in per[n]], std=False) for m in ("precision", "recall")) for n in ranked]
             lines.append("| " + " | ".join([cls, str(first["truly_absent"]), *cells]) + " |")
     return lines, {n: {cls: f[n].loc[cls].tolist() for cls in order} for n in names}
 
@@ -155,9 +150,9 @@ def no_drop_csv(data, path):
     llp.write_modality_labels(path, train.filenames, y, y, y)
 
 
-def mean_std(values):
+def mean_std(values, std=True):
     v = [x for x in values if x == x]  # NaN (nothing dropped) left out
-    return f"{np.mean(v):.3f} +- {np.std(v):.3f}" if v else "n/a"
+    return (f"{np.mean(v):.3f}" + (f" +- {np.std(v):.3f}" if std else "")) if v else "n/a"
 
 
 def main():
