@@ -8,24 +8,18 @@ from .errors import AVVPError
 from .files import atomic_torch_save
 
 
-def checkpoint_path(args):
-    return os.path.join(args.model_save_dir, args.checkpoint)
-
-
 def fold_dir(model_save_dir, k, folds):
     """Where stage 1 --folds writes fold model k (1-based) of `folds`, and stage 2 --folds reads it."""
     return os.path.join(model_save_dir, f"fold{k}of{folds}")
 
 
-def arch_of(args):
-    return {"num_classes": llp.NUM_CLASSES, "d_model": 512, "frame_pool": args.frame_pool}
-
-
-def save_checkpoint(path, trainer, args, epoch, metrics, stage, extra=None):
-    """The trainer's state, the run's flags and metrics, written atomically (host tensors, so a
-    GPU run's checkpoint loads on a machine without CUDA)."""
-    ckpt = {"stage": stage, "epoch": epoch, "args": vars(args), "arch": arch_of(args), "metrics": metrics,
-            **trainer.state(), **(extra or {})}
+def save_checkpoint(path, state, run_args, epoch, metrics, stage, extra=None):
+    """A plain dict, written atomically with host tensors (a GPU run's checkpoint loads on a machine
+    without CUDA): the trainer's state (model, optimizer, scheduler, rng), the run's flags
+    (run_args), the network's shape, the metrics so far, and extra entries."""
+    arch = {"num_classes": llp.NUM_CLASSES, "d_model": 512, "frame_pool": run_args.get("frame_pool", "early")}
+    ckpt = {"stage": stage, "epoch": epoch, "args": run_args, "arch": arch, "metrics": metrics, **state,
+            **(extra or {})}
     atomic_torch_save(_to_host(ckpt), path)
 
 
@@ -61,9 +55,8 @@ def load_model_strict(model, ckpt, path):
         raise AVVPError(f"{path}: architecture does not match this model ({detail[:300]})") from None
 
 
-def load_stage_checkpoint(args, model, hint):
-    """Load the stage's checkpoint (--model_save_dir/--checkpoint) strictly into `model`; returns it."""
-    path = checkpoint_path(args)
+def load_into(model, path, hint=None):
+    """Read the checkpoint at `path` and load its weights strictly into `model`; returns the checkpoint."""
     ckpt = load_checkpoint(path, hint)
     load_model_strict(model, ckpt, path)
     return ckpt

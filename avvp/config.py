@@ -1,17 +1,25 @@
 """Command-line flags the stages share (paths, device, seed, training loop, speed), their checks,
-and a run's setup (seeds, device). Each stage's method knobs live in its own main_avvp.py."""
+and a run's setup (seeds, device). Each stage's method knobs live in its own main_avvp.py. The
+argparse namespace stops here: the rest of the package takes plain values."""
 import argparse
 import math
 import os
 import random
 import sys
+from collections import namedtuple
 
 import numpy as np
 import torch
 
 from . import features, llp
+from .data import FeatureSource
 from .errors import AVVPError
 from .timing import clock
+
+LR_STEP, LR_GAMMA = 10, 0.1  # the released schedule: StepLR(step_size=10, gamma=0.1) over 12 epochs
+# what the training loop reads (engine.py): built from a stage's flags by training_settings()
+TrainSettings = namedtuple("TrainSettings", "batch_size epochs lr seed resume graph fused_adam eval_batch_size "
+                                            "progress model_save_dir checkpoint run_args")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -44,10 +52,16 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, kind=float):
     return parse
 
 
+# Hidden from --help: switches that change speed, not results (docs/PERFORMANCE.md); benchmarks set them
+SPEED_FLAGS_NOTE = ("speed switches, same results (not listed above; docs/PERFORMANCE.md): --eval_batch_size, "
+                    "--feature_cache auto|on|off, --frame_pool early|late, --threads N, --graph auto|on|off, "
+                    "--fused_adam auto|on|off")
+
+
 def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
-    """Flags every stage shares; paths default to the project's data/ and feats/ folders.
-    training=False leaves out the training loop's flags (stage 2 trains nothing)."""
-    g = p.add_argument_group("data")
+    """Flags every stage shares, in one group; paths default to the project's data/ and feats/
+    folders. training=False leaves out the training loop's flags (stage 2 trains nothing)."""
+    g = p.add_argument_group("shared by the stages (paths, run, training loop)")
     g.add_argument("--audio_dir", default="../feats/vggish/", help="vggish features, (10, 128) per video")
     g.add_argument("--video_dir", default="../feats/res152/", help="res152 features, (80, 2048) per video")
     g.add_argument("--st_dir", default="../feats/r2plus1d_18/", help="r2plus1d_18 features, (10, 512) per video")
@@ -58,55 +72,43 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
     g.add_argument("--eval_visual", default="../data/AVVP_eval_visual.csv", help="dense visual truth (val+test)")
     g.add_argument("--skip_missing", action="store_true",
                    help="drop videos whose feature files are missing (reporting how many) instead of failing")
-    g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=1, help="seeds python, numpy and torch")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--model_save_dir", default="models/", help="where checkpoints and metrics go")
     g.add_argument("--checkpoint", default=checkpoint, help="checkpoint file name in --model_save_dir")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
     if training:
-        g = p.add_argument_group("training loop (the released recipe)")
         g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=number(1, kind=int), default=16,
                        help="batch size")
-        g.add_argument("--epochs", type=number(0, kind=int), default=epochs, help="training epochs")
+        g.add_argument("--epochs", type=number(0, kind=int), default=epochs,
+                       help=f"training epochs (Adam, StepLR({LR_STEP}, {LR_GAMMA}) as released)")
         g.add_argument("--lr", type=number(0, lo_open=True), default=3e-4, help="Adam learning rate")
-        g.add_argument("--lr_step", type=number(1, kind=int), default=10, help="StepLR step size in epochs")
-        g.add_argument("--lr_gamma", type=number(0, 1, lo_open=True), default=0.1, help="StepLR decay")
         g.add_argument("--resume", action="store_true", help="continue from the checkpoint's last completed epoch")
-    g = p.add_argument_group("speed (same results)")
-    g.add_argument("--eval_batch_size", type=number(1, kind=int), default=256, help="batch size for inference")
-    g.add_argument("--feature_cache", choices=["auto", "on", "off"], default="auto",
-                   help="packed copy of each split in <feature folder>/.packed/ (auto: when the feature folders "
-                        "hold >= 5000 videos, as LLP's 11,849 do; delete .packed/ any time)")
-    g.add_argument("--frame_pool", choices=["early", "late"], default="early",
-                   help="average res152 frames per segment before fc_v (early: same function, 8x less work) "
-                        "or after it (late, the released order)")
-    g.add_argument("--threads", type=number(0, kind=int), default=0,
-                   help="CPU threads for torch (0: torch's default, one per core)")
+    hide = argparse.SUPPRESS
+    p.add_argument("--eval_batch_size", type=number(1, kind=int), default=256, help=hide)
+    # auto: a packed copy of each split in <feature folder>/.packed/ when the folders hold >= 5000 videos
+    p.add_argument("--feature_cache", choices=["auto", "on", "off"], default="auto", help=hide)
+    # early: average the res152 frames of a segment before fc_v (the same function, 8x less work)
+    p.add_argument("--frame_pool", choices=["early", "late"], default="early", help=hide)
+    p.add_argument("--threads", type=number(0, kind=int), default=0, help=hide)  # 0: torch's default
     if training:
-        g.add_argument("--graph", choices=["auto", "on", "off"], default="auto",
-                       help="capture the training step (forward, backward, Adam) in one CUDA graph; "
-                            "auto = on when the features are on a CUDA device")
-        g.add_argument("--fused_adam", choices=["auto", "on", "off"], default="auto",
-                       help="torch's fused Adam kernel (same update rule, other float rounding); auto = where "
-                            "the step is replayed from a CUDA graph, torch's default update elsewhere")
-        g.add_argument("--stack_modalities", action="store_true",
-                       help="run the shared HAN layer once on the stacked audio and visual sequences: same "
-                            "function, dropout masks drawn in another order (so another training draw)")
+        # the training step in one CUDA graph (auto: when the features sit on a CUDA device)
+        p.add_argument("--graph", choices=["auto", "on", "off"], default="auto", help=hide)
+        # torch's fused Adam (auto: where the step is replayed from a CUDA graph)
+        p.add_argument("--fused_adam", choices=["auto", "on", "off"], default="auto", help=hide)
+    p.epilog = SPEED_FLAGS_NOTE if training else SPEED_FLAGS_NOTE.replace(", --graph auto|on|off, --fused_adam "
+                                                                          "auto|on|off", "")
     return p
 
 
-def add_loss_args(g, contrastive_weight, temperature, contrastive_smoothing, contrastive_form, visual_smoothing):
-    """A training stage's loss flags, with the defaults that stage's main_avvp.py passes in (the
-    values a user edits for an ablation)."""
+def add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, visual_smoothing=0.1):
+    """A training stage's loss flags. The defaults are the released recipe's, written once here; a
+    stage's main_avvp.py passes other values to change its own."""
     g.add_argument("--contrastive_weight", type=number(0), default=contrastive_weight,
                    help="weight of MA's audio-visual contrastive term (0: no contrastive term)")
     g.add_argument("--temperature", type=number(0, lo_open=True), default=temperature, help="contrastive temperature")
     g.add_argument("--contrastive_smoothing", type=number(0, 1, hi_open=True), default=contrastive_smoothing,
                    help="label smoothing of the contrastive target, spread over the 9 other segments")
-    g.add_argument("--contrastive_form", choices=["released", "ce"], default=contrastive_form,
-                   help="released: -log(sum_j t_j p_j) as in the released LabelSmoothingNCELoss; "
-                        "ce: label-smoothed cross-entropy -sum_j t_j log p_j")
     g.add_argument("--visual_smoothing", type=number(0, 1), default=visual_smoothing,
                    help="visual target = (1 - s) * y + s / 2, y = the visual labels (0.1: 0.9 y + 0.05)")
 
@@ -115,8 +117,8 @@ def add_recipe_arg(g, robust):
     """--recipe released|robust in a stage's method group; robust: {flag dest: value} (may be empty)."""
     what = ", ".join(f"--{k} {v}" for k, v in robust.items()) or "the released recipe in this stage"
     g.add_argument("--recipe", choices=["released", "robust"], default="released",
-                   help=f"released: MA's recipe (the defaults); robust: {what} (see docs/RESULTS.md); "
-                        "a flag given explicitly still wins")
+                   help=f"released: MA's recipe (the defaults); robust: {what} (docs/RESULTS.md; stage 2's "
+                        "reads the val split's dense truth); a flag given explicitly still wins")
 
 
 def parse_with_recipe(p, argv, robust):
@@ -127,6 +129,21 @@ def parse_with_recipe(p, argv, robust):
         p.set_defaults(**robust)
         args = p.parse_args(argv)
     return args
+
+
+def feature_source(args, pool_frames=None):
+    """Where and how a stage reads its features, from its flags (pool_frames: default --frame_pool)."""
+    return FeatureSource(dirs={"audio": args.audio_dir, "video": args.video_dir, "st": args.st_dir},
+                         skip_missing=args.skip_missing, cache=args.feature_cache, progress=not args.no_progress,
+                         pool_frames=args.frame_pool == "early" if pool_frames is None else pool_frames)
+
+
+def training_settings(args):
+    """What the training loop reads, from a training stage's flags."""
+    return TrainSettings(batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                         resume=args.resume, graph=args.graph, fused_adam=args.fused_adam,
+                         eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
+                         model_save_dir=args.model_save_dir, checkpoint=args.checkpoint, run_args=vars(args))
 
 
 def path_args(data_dir, feats_dir, **override):
@@ -159,16 +176,16 @@ def resolve_device(name="auto"):
     return dev
 
 
-def setup(args):
+def setup(seed, device="auto", threads=0):
     """Seed everything, pick the device (and start CUDA, timed), print one line saying so."""
     clock.reset()
-    device = resolve_device(args.device)
-    seed_everything(args.seed)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    device = resolve_device(device)
+    seed_everything(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
     if device.type == "cuda":
         with clock("cuda init"):  # context creation, otherwise hidden in the first .to(device)
             torch.zeros(1, device=device)
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                 f" ({torch.get_num_threads()} threads)") + f", seed {args.seed}")
+                                 f" ({torch.get_num_threads()} threads)") + f", seed {seed}")
     return device

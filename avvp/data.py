@@ -6,6 +6,7 @@ there by index: no per-sample file reads, no DataLoader workers.
 import os
 import sys
 import warnings
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -18,6 +19,12 @@ from .timing import clock
 DATA_HINT = "see data/README.md for LLP's files, or run `python -m avvp.synth` for the synthetic set"
 CACHE_MIN_VIDEOS = 5000       # packed caches pay off for LLP-sized data (11,849 videos), not for the demo (2,900)
 GPU_RESIDENT_FRACTION = 0.5   # keep a split on the GPU when it takes at most this share of free memory
+
+
+# where a split's features come from and how they are read: dirs {audio, video, st} -> folder;
+# skip_missing: drop videos lacking a file (else an error); cache: --feature_cache auto | on | off;
+# progress: tqdm bars; pool_frames: average the 8 res152 frames of each segment while loading
+FeatureSource = namedtuple("FeatureSource", "dirs skip_missing cache progress pool_frames")
 
 
 class Split:
@@ -54,22 +61,19 @@ class Split:
                      for t in (f["audio"][idx], f["video"][v_idx], f["st"][v_idx]))
 
 
-def feature_dirs(args):
-    return {"audio": args.audio_dir, "video": args.video_dir, "st": args.st_dir}
-
-
-def load_split(args, label_csv, device, truth=None, name="split", filenames=None):
+def load_split(source, label_csv, device, truth=None, name="split", filenames=None):
     """Read a label file and its features (validated) into a Split on `device`.
 
-    truth: None, or the (audio, visual) event tables of read_eval_truth, for the split's dense truth.
-    filenames: load these videos instead, with no labels; label_csv then only names the split.
+    source: a FeatureSource. truth: None, or the (audio, visual) event tables of read_eval_truth, for
+    the split's dense truth. filenames: load these videos instead, with no labels; label_csv then
+    only names the split.
     """
     if filenames is None:
         weak = llp.read_weak(label_csv, missing_hint=DATA_HINT)
         filenames, labels = weak.filenames, weak.labels
     else:
         filenames, labels = list(filenames), None
-    dirs = feature_dirs(args)
+    dirs = source.dirs
     for key, folder in dirs.items():
         if not os.path.isdir(folder):
             raise AVVPError(f"{folder}: feature folder not found ({features.MODALITIES[key][0]} features; "
@@ -77,7 +81,7 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
     stats = features.stat_files(dirs, filenames)
     missing = features.missing_videos(dirs, filenames, stats)
     if missing:
-        if not args.skip_missing:
+        if not source.skip_missing:
             first = missing[0]
             where = next(features.feature_path(d, first) for d in dirs.values()
                          if not os.path.isfile(features.feature_path(d, first)))
@@ -92,9 +96,9 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
         if not filenames:
             raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
     with clock("load"):
-        arrays = features.load_split(dirs, filenames, desc=name, progress=not args.no_progress,
-                                     pool_frames=args.frame_pool == "early", cache=use_cache(args, dirs, len(filenames)),
-                                     stats=stats)
+        arrays = features.load_split(dirs, filenames, desc=name, progress=source.progress,
+                                     pool_frames=source.pool_frames,
+                                     cache=use_cache(source.cache, dirs, len(filenames)), stats=stats)
         feats = place(arrays, device, name)
         gt_a = gt_v = None
         if truth is not None:
@@ -102,11 +106,11 @@ def load_split(args, label_csv, device, truth=None, name="split", filenames=None
     return Split(filenames, labels, feats, device, gt_a, gt_v, path=label_csv)
 
 
-def use_cache(args, dirs, n_videos):
+def use_cache(mode, dirs, n_videos):
     """--feature_cache: on, off, or auto = every split of an LLP-sized dataset (a feature folder of
     at least CACHE_MIN_VIDEOS videos: 11,849 for LLP); a small one (the demo's) is read per file."""
-    if args.feature_cache != "auto":
-        return args.feature_cache == "on"
+    if mode != "auto":
+        return mode == "on"
     return n_videos >= CACHE_MIN_VIDEOS or features.count_videos(dirs["audio"], CACHE_MIN_VIDEOS) >= CACHE_MIN_VIDEOS
 
 
@@ -127,15 +131,15 @@ def place(arrays, device, name):
     return host
 
 
-def read_eval_truth(args):
+def read_eval_truth(eval_audio, eval_visual):
     """The dense audio and visual eval files as event tables, each read (and warned about) once."""
     with clock("load"):
-        return (llp.read_dense(args.eval_audio, missing_hint=DATA_HINT),
-                llp.read_dense(args.eval_visual, missing_hint=DATA_HINT))
+        return (llp.read_dense(eval_audio, missing_hint=DATA_HINT),
+                llp.read_dense(eval_visual, missing_hint=DATA_HINT))
 
 
-def load_eval_splits(args, device):
+def load_eval_splits(source, label_val, label_test, eval_audio, eval_visual, device):
     """val and test splits with their dense truth."""
-    truth = read_eval_truth(args)
-    return (load_split(args, args.label_val, device, truth=truth, name="val"),
-            load_split(args, args.label_test, device, truth=truth, name="test"))
+    truth = read_eval_truth(eval_audio, eval_visual)
+    return (load_split(source, label_val, device, truth=truth, name="val"),
+            load_split(source, label_test, device, truth=truth, name="test"))

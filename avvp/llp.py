@@ -195,6 +195,29 @@ def dense_matrix(events, filenames):
     return out
 
 
+TRUTH_COVERAGE = 0.9  # share of a split's videos its dense truth must describe (the rest: noise-only labels)
+
+
+def truth_coverage(events, filenames):
+    """How dense truth tables (read_dense, one or several) describe a split: (how many of its videos
+    have a row, sorted names with a row that are not in it). A video whose only labels are noise has
+    no row, so a split's own truth may miss a few of its videos."""
+    described = set().union(*(set(e["filename"].tolist()) for e in events))
+    split = set(filenames)
+    return len(described & split), sorted(described - split)
+
+
+def truth_mismatch(events, filenames, what="split"):
+    """Why the tables are not the truth of exactly this split (a video they describe is not in it, or
+    they describe fewer than TRUTH_COVERAGE of its videos), or None when they are."""
+    covered, foreign = truth_coverage(events, filenames)
+    if foreign:
+        return f"{foreign[0]} is not a {what} video"
+    if covered < TRUTH_COVERAGE * len(filenames):
+        return f"it describes {covered} of the {len(filenames)} {what} videos"
+    return None
+
+
 def read_dense_matrix(path, filenames, warn=True):
     """(N, 25, 10) uint8 truth of `filenames` from a dense file."""
     return dense_matrix(read_dense(path, warn=warn), filenames)

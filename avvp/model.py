@@ -61,20 +61,13 @@ class MMIL_Net(nn.Module):
     does 8x less work on the largest layer and lets the loader keep (N, 10, 2048) instead of
     (N, 80, 2048) in memory. A (B, 10, 2048) video input is taken as already averaged.
 
-    stack_modalities: run the shared hybrid attention layer ONCE on the audio and visual
-    sequences stacked along the batch, (2B, 10, d), instead of twice on (B, 10, d). Every sample
-    sees the same arithmetic (attention, LayerNorm and FFN are per sample), so outputs agree to
-    float rounding and half as many kernels are launched for the layer; in training the dropout
-    masks are drawn in another order, so the trajectory is a different (equally likely) draw,
-    not the released one bit for bit. Off by default.
     """
 
-    def __init__(self, num_classes=25, d_model=512, dropout=0.1, frame_pool="early", stack_modalities=False):
+    def __init__(self, num_classes=25, d_model=512, dropout=0.1, frame_pool="early"):
         super().__init__()
         if frame_pool not in ("early", "late"):
             raise ValueError(f"frame_pool must be 'early' or 'late', got {frame_pool!r}")
         self.frame_pool = frame_pool
-        self.stack_modalities = stack_modalities
         self.fc_a = nn.Linear(128, d_model)
         self.fc_v = nn.Linear(2048, d_model)
         self.fc_st = nn.Linear(512, d_model)
@@ -97,12 +90,8 @@ class MMIL_Net(nn.Module):
         x_a = self.fc_a(audio)                                              # (B, 10, d)
         x_v = self.fc_fusion(torch.cat([self.visual_frames(video), self.fc_st(st)], dim=-1))  # (B, 10, d)
         # both modalities attend from their pre-layer inputs
-        if self.stack_modalities:
-            both = self.hat_encoder(torch.cat([x_a, x_v]), torch.cat([x_v, x_a]))  # (2B, 10, d)
-            a_out, v_out = both.chunk(2)                                     # (B, 10, d) each
-        else:
-            a_out = self.hat_encoder(x_a, x_v)                               # (B, 10, d)
-            v_out = self.hat_encoder(x_v, x_a)                               # (B, 10, d)
+        a_out = self.hat_encoder(x_a, x_v)                                   # (B, 10, d)
+        v_out = self.hat_encoder(x_v, x_a)                                   # (B, 10, d)
         x = torch.stack([a_out, v_out], dim=2)                               # (B, 10, 2, d)
         frame_prob = torch.sigmoid(self.fc_prob(x))                          # (B, 10, 2, C)
         w_t = torch.softmax(self.fc_frame_att(x), dim=1)                     # over segments
@@ -114,22 +103,19 @@ class MMIL_Net(nn.Module):
         return Output(video_prob, audio_prob, visual_prob, frame_prob, a_out, x_v)
 
 
-def contrastive_loss(audio_feat, visual_input, temperature=0.2, smoothing=0.1, form="released"):
+def contrastive_loss(audio_feat, visual_input, temperature=0.2, smoothing=0.1):
     """MA's audio-visual temporal contrastive term.
 
     Cosine similarity of every audio segment (after the attention layer) with every visual
     segment (before it), / temperature, softmax over the visual segments: p (B, 10, 10). The
-    target t puts 1 - smoothing on the same segment and smoothing / 9 on each other one.
-    form='released' (the released LabelSmoothingNCELoss): mean over the B * 10 audio segments of
-    -log(sum_j t_j p_j), the log of the target-weighted probability;
-    form='ce': label-smoothed cross-entropy, mean of -sum_j t_j log p_j (an option, not released).
+    target t puts 1 - smoothing on the same segment and smoothing / 9 on each other one. As the
+    released LabelSmoothingNCELoss: mean over the B * 10 audio segments of -log(sum_j t_j p_j), the
+    log of the target-weighted probability (not the cross-entropy -sum_j t_j log p_j).
     """
     a = F.normalize(audio_feat, dim=-1)                                      # (B, T, d)
     v = F.normalize(visual_input, dim=-1)                                    # (B, T, d)
     logits = torch.bmm(a, v.transpose(1, 2)) / temperature                   # (B, T, T)
     target = contrastive_target(logits.shape[-1], smoothing, logits)         # (T, T)
-    if form == "ce":
-        return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
     return -torch.log((target * torch.softmax(logits, dim=-1)).sum(-1)).mean()
 
 
@@ -139,25 +125,32 @@ def contrastive_target(t, smoothing, like):
     return torch.eye(t, dtype=like.dtype, device=like.device) * (1.0 - smoothing - off) + off
 
 
-def mmil_loss(out, target_video, target_audio, target_visual, contrastive_weight=1.0,
-              temperature=0.2, smoothing=0.1, form="released"):
+def clamped_bce(prob, target, reduction="mean"):
+    """BCE with the probability clamped to [1e-7, 1 - 1e-7] first, as released (pooled probabilities
+    can reach 0 or 1 exactly)."""
+    return F.binary_cross_entropy(prob.clamp(PROB_EPS, 1 - PROB_EPS), target, reduction=reduction)
+
+
+def smoothed_visual(y, smoothing):
+    """The visual target (1 - s) y + s / 2 of visual labels y (released: 0.9 y + 0.05): the weak
+    label says little about what is seen, so it is trusted less."""
+    return (1.0 - smoothing) * y + smoothing / 2.0
+
+
+def mmil_loss(out, target_video, target_audio, target_visual, contrastive_weight=1.0, temperature=0.2, smoothing=0.1):
     """BCE(audio prob, Pa) + BCE(visual prob, Pv) + BCE(video prob, y) + w * contrastive.
 
-    Probabilities are clamped to [1e-7, 1 - 1e-7] before BCE, as released. Targets (B, C).
-    Returns (total loss, contrastive term or None).
+    out: the network's Output; targets (B, C). Returns (total loss, contrastive term or None).
     """
-    bce = F.binary_cross_entropy
-    clamp = lambda p: p.clamp(PROB_EPS, 1 - PROB_EPS)  # noqa: E731
-    loss = (bce(clamp(out.audio_prob), target_audio) + bce(clamp(out.visual_prob), target_visual)
-            + bce(clamp(out.video_prob), target_video))
+    loss = (clamped_bce(out.audio_prob, target_audio) + clamped_bce(out.visual_prob, target_visual)
+            + clamped_bce(out.video_prob, target_video))
     nce = None
     if contrastive_weight:
-        nce = contrastive_loss(out.audio_feat, out.visual_input, temperature, smoothing, form)
+        nce = contrastive_loss(out.audio_feat, out.visual_input, temperature, smoothing)
         loss = loss + contrastive_weight * nce
     return loss, nce
 
 
-def loss_options(args):
-    """mmil_loss's keyword arguments from a training stage's own method flags."""
-    return {"contrastive_weight": args.contrastive_weight, "temperature": args.temperature,
-            "smoothing": args.contrastive_smoothing, "form": args.contrastive_form}
+def loss_options(contrastive_weight, temperature, contrastive_smoothing):
+    """mmil_loss's keyword arguments from a training stage's loss flags."""
+    return {"contrastive_weight": contrastive_weight, "temperature": temperature, "smoothing": contrastive_smoothing}

@@ -15,18 +15,15 @@ needed; filenames are then the 11-character video ids). Output folder (--parse_o
 The pred files score with `python -m avvp.evaluate --label ... --pred_audio pred_audio.csv ...`
 to exactly the numbers of metrics.json.
 """
-import argparse
 import os
 import sys
 
 import numpy as np
-
 import pandas as pd
 
 from . import features, llp
 from . import evaluate as llp_eval
-from .checkpoints import checkpoint_path, load_stage_checkpoint
-from .data import feature_dirs, load_split, read_eval_truth
+from .data import load_split, read_eval_truth
 from .errors import AVVPError
 from .files import atomic_path
 from .predict import predict, write_metrics
@@ -58,13 +55,6 @@ def add_parse_args(p):
 
 # ----------------------------------------------------------------------------- input
 
-def parse_dirs(args):
-    """Feature folders of --parse_dir: DIR/<vggish|res152|r2plus1d_18>, or the --*_dir flags."""
-    if args.parse_dir:
-        return features.modality_dirs(args.parse_dir)
-    return feature_dirs(args)
-
-
 def video_ids(dirs):
     """Sorted ids (file name stems) with a .npy in every folder of `dirs`; notes ids found only in some."""
     sets = {}
@@ -82,41 +72,36 @@ def video_ids(dirs):
     return sorted(common)
 
 
-def load_dir_split(args, device):
-    """A Split of every video in the feature folders, without labels or truth."""
-    dirs = parse_dirs(args)
-    ids = video_ids(dirs)
-    args = argparse.Namespace(**dict(vars(args), audio_dir=dirs["audio"], video_dir=dirs["video"], st_dir=dirs["st"]))
-    return load_split(args, f"--parse_dir {' '.join(dirs.values())}", device, name="parse", filenames=ids)
-
-
-def attach_truth(args, split):
-    """Attach dense truth from --eval_audio/--eval_visual when they name the split's videos.
+def attach_truth(split, eval_audio, eval_visual):
+    """Attach dense truth from the eval files when they name the split's videos.
 
     Each eval file is read once. Returns how many videos of the split they name (0 when a file is absent).
     """
-    if not (os.path.isfile(args.eval_audio) and os.path.isfile(args.eval_visual)):
+    if not (os.path.isfile(eval_audio) and os.path.isfile(eval_visual)):
         return 0
-    events = read_eval_truth(args)
-    named = set(events[0]["filename"]) | set(events[1]["filename"])
-    covered = sum(f in named for f in split.filenames)
+    events = read_eval_truth(eval_audio, eval_visual)
+    covered, _ = llp.truth_coverage(events, split.filenames)
     if covered:
         split.gt_a, split.gt_v = (llp.dense_matrix(e, split.filenames) for e in events)
     return covered
 
 
-def load_input(args, device):
-    """The Split to parse; dense truth attached when the eval files name its videos."""
-    if args.parse_dir is not None:
-        return load_dir_split(args, device)
-    label = args.parse_label or args.label_test
-    split = load_split(args, label, device, name="parse")  # reads and checks the label file first
-    covered, n = attach_truth(args, split), len(split)
+def load_input(source, parse_dir, label, eval_audio, eval_visual, device):
+    """The Split to parse: every video of the feature folders of --parse_dir (parse_dir: DIR holding
+    vggish/, res152/, r2plus1d_18/, or "" for source's folders), or the videos of a label file with
+    dense truth attached when the eval files name them."""
+    if parse_dir is not None:
+        dirs = features.modality_dirs(parse_dir) if parse_dir else source.dirs
+        ids = video_ids(dirs)
+        return load_split(source._replace(dirs=dirs), f"--parse_dir {' '.join(dirs.values())}", device,
+                          name="parse", filenames=ids)
+    split = load_split(source, label, device, name="parse")  # reads and checks the label file first
+    covered, n = attach_truth(split, eval_audio, eval_visual), len(split)
     if covered == 0:
-        print(f"note: {args.eval_audio} / {args.eval_visual} name no video of {label}: parsing without scoring")
+        print(f"note: {eval_audio} / {eval_visual} name no video of {label}: parsing without scoring")
     elif covered < n:
         print(f"warning: {n - covered} of {n} videos of {label} have no row in "
-              f"{args.eval_audio} or {args.eval_visual}; scored as having no event", file=sys.stderr)
+              f"{eval_audio} or {eval_visual}; scored as having no event", file=sys.stderr)
     return split
 
 
@@ -139,36 +124,36 @@ def probs_table(probs, filenames):
 
 # ----------------------------------------------------------------------------- the whole run
 
-def run(args, stage, model, device, hint=None):
-    """--mode parse: checkpoint -> predictions -> files in args.parse_out (and pictures).
+def check_request(plot, parse_dir, parse_label):
+    """The parse flags' one-line errors, before any loading."""
+    if plot < 0:
+        raise AVVPError(f"--plot {plot}: expected a number of videos >= 0")
+    if parse_dir is not None and parse_label:
+        raise AVVPError("--parse_dir and --parse_label exclude each other (a folder of features, or a label file)")
+    if plot:
+        require_matplotlib()                          # fail before minutes of loading, not after
 
+
+def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None):
+    """--mode parse: a loaded model over a split -> files in out_dir (and pictures).
+
+    title: what the printed table is of; extra: more metrics.json entries (stage, checkpoint, epoch).
     Returns a dict: filenames, probs (predict's), pred_a / pred_v (N, 25, 10) uint8, tables,
     metrics and per_class (None without truth), paths written.
     """
-    if args.plot < 0:
-        raise AVVPError(f"--plot {args.plot}: expected a number of videos >= 0")
-    if args.parse_dir is not None and args.parse_label:
-        raise AVVPError("--parse_dir and --parse_label exclude each other (a folder of features, or a label file)")
-    if args.plot:
-        require_matplotlib()                          # fail before minutes of loading, not after
-    ckpt = load_stage_checkpoint(args, model, hint)
-    split = load_input(args, device)
-    probs = predict(model, split, args.eval_batch_size)      # (N, 25) probs, frame_prob (N, 10, 2, 25)
-    res = write_outputs(args.parse_out, split, probs, extra={"stage": stage, "checkpoint": checkpoint_path(args),
-                                                             "epoch": ckpt.get("epoch")})
+    probs = predict(model, split, batch_size)      # (N, 25) probs, frame_prob (N, 10, 2, 25)
+    res = write_outputs(out_dir, split, probs, extra=extra)
     if res["metrics"] is not None:
-        print(llp_eval.format_table(res["metrics"], title=f"{stage}: {split.path} ({len(split)} videos), "
-                                                          f"{checkpoint_path(args)}"))
+        print(llp_eval.format_table(res["metrics"], title=f"{title}: {split.path} ({len(split)} videos)"))
         print(format_per_class(res["per_class"]))
-    if args.plot:
-        res["paths"] += plot_all(args.parse_out, split, probs, res["pred_a"], res["pred_v"], res["per_class"],
-                                 args.plot)
+    if plot:
+        res["paths"] += plot_all(out_dir, split, probs, res["pred_a"], res["pred_v"], res["per_class"], plot)
     na, nv = (len(res["tables"][k]) for k in ("audio", "visual"))
     for kind, count in (("audio", na), ("visual", nv)):
         if count == 0:
             print(f"note: no {kind} event predicted: {PRED_FILES[kind]} holds only its header")
     print(f"parsed {len(split)} videos: {na} audio and {nv} visual events; wrote {len(res['paths'])} files "
-          f"to {args.parse_out}")
+          f"to {out_dir}")
     return res
 
 

@@ -7,6 +7,9 @@ import json
 import math
 import os
 
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+
 from .evaluate import KEYS, format_table
 from .errors import AVVPError, cli
 from .llp import CLASSES
@@ -21,11 +24,11 @@ def normalisation_is_undefined(scale):
     return len(scale) > 0 and not any(math.isfinite(float(x)) for x in scale)
 
 
-def undefined_normalisation_note(kind, split="train"):
+def undefined_normalisation_note(kind):
     """Why no `kind` label was dropped, in words (stage 2 prints it, and so does the summary)."""
-    return (f"stage 1 made no {kind} error on the {split} labels, so the per-class normalisation is 0/0 "
-            f"and no {kind} label can be dropped (--error_scale val measures the error on the val split, "
-            f"--error_scale none drops with a fixed threshold)")
+    return (f"stage 1 made no {kind} error on the train labels, so the per-class normalisation is 0/0 "
+            f"and no {kind} label can be dropped (with --folds 2 in stages 1 and 2 every train video is read "
+            f"by a model that never trained on it)")
 
 
 def drop_quality(drop, weak, truth_present, per_class=True):
@@ -34,17 +37,52 @@ def drop_quality(drop, weak, truth_present, per_class=True):
     y = weak > 0
     absent = y & ~truth_present
     n_drop, n_absent, n_weak = int(drop.sum()), int(absent.sum()), int(y.sum())
-    correct = int((drop & absent).sum())
-    precision = correct / n_drop if n_drop else float("nan")
-    recall = correct / n_absent if n_absent else float("nan")
-    q = {"dropped": n_drop, "correct": correct, "truly_absent": n_absent, "weak_labels": n_weak,
-         "precision": precision, "recall": recall,
-         "f1": 2 * correct / (n_drop + n_absent) if n_drop + n_absent else float("nan"),
+    # NaN where undefined: precision without a drop, recall without a truly absent label
+    precision, recall, f1, _ = precision_recall_fscore_support(absent[y], drop[y], average="binary",
+                                                               zero_division=np.nan)
+    q = {"dropped": n_drop, "correct": int((drop & absent).sum()), "truly_absent": n_absent, "weak_labels": n_weak,
+         "precision": float(precision), "recall": float(recall), "f1": float(f1),
          "base_rate": n_absent / max(n_weak, 1)}
     if per_class:
         q["per_class"] = {name: drop_quality(drop[:, c], weak[:, c], truth_present[:, c], per_class=False)
                           for c, name in enumerate(CLASSES) if y[:, c].any()}
     return q
+
+
+def count_lines(weak, drop_a, drop_v):
+    """Per-class drop counts, one line per class with a weak label, under a header."""
+    rows = [("", "weak", "drop_audio", "drop_visual")]
+    for c, name in enumerate(CLASSES):
+        n = int((weak[:, c] > 0).sum())
+        if n:
+            rows.append((name, str(n), str(int(drop_a[:, c].sum())), str(int(drop_v[:, c].sum()))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join([r[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(r[1:], widths[1:])]).rstrip()
+            for r in rows]
+
+
+def quality_lines(kind, q):
+    """The per-class precision / recall / F1 of one modality's drops, one line per class with a drop
+    or a truly absent label."""
+    rows = [(name, c) for name, c in q["per_class"].items() if c["dropped"] or c["truly_absent"]]
+    width = max([len(n) for n, _ in rows], default=0)
+    return [f"  {kind} {name.ljust(width)}  dropped {c['dropped']:4d}  truly absent {c['truly_absent']:4d}  "
+            f"precision {precision_text(c)}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}" for name, c in rows]
+
+
+def drop_report(weak, drop_a, drop_v, truth):
+    """Stage 2's drops against the dense train truth (audio, visual) (N, C, T): printed overall and per
+    class; returns {"audio": drop_quality, "visual": drop_quality}."""
+    quality = {kind: drop_quality(drop, weak, t.any(axis=2))
+               for kind, drop, t in (("audio", drop_a, truth[0]), ("visual", drop_v, truth[1]))}
+    for kind, q in quality.items():
+        print(f"dropped {kind} labels vs truth: precision {precision_text(q)} recall {q['recall']:.3f} "
+              f"({q['correct']}/{q['dropped']} right; {q['truly_absent']} of {q['weak_labels']} weak labels "
+              f"truly not {'audible' if kind == 'audio' else 'visible'}, base rate {q['base_rate']:.3f}; "
+              f"F1 {q['f1']:.3f})")
+    print("per class:")
+    print("\n".join(quality_lines("audio", quality["audio"]) + quality_lines("visual", quality["visual"])))
+    return quality
 
 
 def precision_text(quality):

@@ -1,10 +1,11 @@
-"""What the two training stages share around training: their parser, their start, and the
-modes that use a trained checkpoint (--mode val | test | parse)."""
+"""What the two training stages share at their entry: their parser, and the modes that use a
+trained checkpoint instead of training (--mode val | test | parse). Like config.py, this is where
+a stage's flags are read; what it calls takes plain values."""
 import os
 
 from . import config, parse
 from . import evaluate as llp_eval
-from .checkpoints import checkpoint_path, load_stage_checkpoint
+from .checkpoints import load_into
 from .data import load_split, read_eval_truth
 from .predict import evaluate, write_metrics
 
@@ -19,26 +20,24 @@ def stage_parser(description, train_mode):
     return p
 
 
-def start_stage(args, stage, net_class, train_mode):
-    """Device, seeds and the network; then --mode val | test | parse runs here and None is
-    returned, or (device, net) for training."""
-    device = config.setup(args)
-    net = net_class(frame_pool=args.frame_pool, stack_modalities=args.stack_modalities).to(device)
+def use_checkpoint(args, stage, net, device, train_mode):
+    """--mode val | test: the LLP table of the stage's checkpoint on that split (and its metrics
+    file); --mode parse: event tables of the videos asked for (avvp/parse.py)."""
+    path = os.path.join(args.model_save_dir, args.checkpoint)
     hint = f"train it first: python main_avvp.py --mode {train_mode}"
+    source = config.feature_source(args)
     if args.mode == "parse":
-        parse.run(args, stage, net, device, hint=hint)
-    elif args.mode in ("val", "test"):
-        eval_only(args, stage, net, device, args.label_val if args.mode == "val" else args.label_test, args.mode, hint)
-    else:
-        return device, net
-    return None
-
-
-def eval_only(args, stage, model, device, split_csv, split_name, hint):
-    """--mode val|test: load the stage's checkpoint strictly into `model` and print the LLP table."""
-    ckpt = load_stage_checkpoint(args, model, hint)
-    split = load_split(args, split_csv, device, truth=read_eval_truth(args), name=split_name)
-    m = evaluate(model, split, args.eval_batch_size)
-    print(llp_eval.format_table(m, title=f"{stage}: {split_name} set ({len(split)} videos), {checkpoint_path(args)}"))
-    write_metrics(os.path.join(args.model_save_dir, f"{split_name}_metrics.json"), m, {"epoch": ckpt.get("epoch")})
+        parse.check_request(args.plot, args.parse_dir, args.parse_label)
+        ckpt = load_into(net, path, hint)
+        split = parse.load_input(source, args.parse_dir, args.parse_label or args.label_test, args.eval_audio,
+                                 args.eval_visual, device)
+        return parse.run(net, split, args.parse_out, args.plot, args.eval_batch_size, title=f"{stage}, {path}",
+                         extra={"stage": stage, "checkpoint": path, "epoch": ckpt.get("epoch")})
+    ckpt = load_into(net, path, hint)
+    label = args.label_val if args.mode == "val" else args.label_test
+    split = load_split(source, label, device, truth=read_eval_truth(args.eval_audio, args.eval_visual),
+                       name=args.mode)
+    m = evaluate(net, split, args.eval_batch_size)
+    print(llp_eval.format_table(m, title=f"{stage}: {args.mode} set ({len(split)} videos), {path}"))
+    write_metrics(os.path.join(args.model_save_dir, f"{args.mode}_metrics.json"), m, {"epoch": ckpt.get("epoch")})
     return m

@@ -11,25 +11,22 @@ trained on half the train videos), then each estimator's labels, stage 3 retrain
   folds2       --folds 2: every train video read by a stage-1 model trained on the other half
                of the train split (cross-fitting)
   folds2_partners8  --folds 2 --partners 8
-  calibrated   --folds 2 --calibrate val: drop where P(absent | swap evidence) > 0.5, that
+  calibrated   --folds 2 --estimator calibrated: drop where P(absent | swap evidence) > 0.5, that
                probability fit on the val split's dense truth
-  robust       --recipe robust in stages 2 and 3: stage 2 --folds 2 --partners 8 --calibrate val,
+  robust       --recipe robust in stages 2 and 3: stage 2 --folds 2 --partners 8 --estimator calibrated,
                stage 3 --no-quirk_video_target
   robust_stage2  robust's labels, stage 3 as released
   robust_reestimated  robust's stage 2 run again on robust's stage-3 fold models (stage 3 --recipe robust
                trains them: --folds 2), then stage 3 --recipe robust on those labels
-  val_scale    --error_scale val: the class error behind the thresholds measured on the val split
-  partners8_val  --partners 8 and --error_scale val
   reestimate   the released rule on the released stage-3 model instead of the stage-1 model
-  denoise      stage 3 --denoise joint on released's labels: the weak labels, with per-class shares
-               of drops from stage 2 and the labels to drop chosen by stage 3's own losses (its
-               drops are scored as stage 3 writes them after the last epoch)
-  partners8_val_denoise  the same on partners8_val's labels (larger shares: its recall is higher)
+  denoise      stage 3 --denoise joint --no-quirk_video_target on released's labels: the weak labels,
+               with per-class shares of drops from stage 2 and the labels to drop chosen by stage 3's
+               own losses (its drops are scored as stage 3 writes them after the last epoch)
   oracle       the TRUE modality labels (an upper bound: what perfect drops would give)
   no_drop      every weak label kept (stage 3 on the weak labels alone)
 Prints one row per estimator: precision / recall / F1 of the dropped audio and visual labels and
 stage 3's test segment A, V, AV, Type@AV and event Type@AV, mean +- std over seeds, and for the
-rules that rank their drops by P(absent) (--calibrate) the visual precision at recall 0.7; writes
+rules that rank their drops by P(absent) (--estimator calibrated) the visual precision at recall 0.7; writes
 --out .md and .json. A run whose output exists is not run again. --rows runs only the rows named
 (and what they read: reestimate needs released's stage 3, robust_reestimated robust's, a stage-3 option its
 estimator's labels).
@@ -49,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import precision_recall_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,15 +69,13 @@ STAGE3_DONE = {"robust": "fold2of2/test_metrics.json"}
 ESTIMATORS = {"released": ([], "stage1"), "partners8": (["--partners", "8"], "stage1"),
               "folds2": (["--folds", "2"], "stage1"),
               "folds2_partners8": (["--folds", "2", "--partners", "8"], "stage1"),
-              "calibrated": (["--folds", "2", "--calibrate", "val"], "stage1"),
+              "calibrated": (["--folds", "2", "--estimator", "calibrated"], "stage1"),
               "robust": (["--recipe", "robust"], "stage1"),
-              "val_scale": (["--error_scale", "val"], "stage1"),
-              "partners8_val": (["--partners", "8", "--error_scale", "val"], "stage1"),
               "reestimate": ([], "stage3_released"),
               "robust_reestimated": (["--recipe", "robust"], "stage3_robust")}
 # stage-3 options: row -> (stage-3 flags, the estimator whose stage-2 labels it reads)
-STAGE3_OPTIONS = {"robust_stage2": ([], "robust"), "denoise": (["--denoise", "joint"], "released"),
-                  "partners8_val_denoise": (["--denoise", "joint"], "partners8_val")}
+STAGE3_OPTIONS = {"robust_stage2": ([], "robust"),
+                  "denoise": (["--denoise", "joint", "--no-quirk_video_target"], "released")}
 RECALL = 0.7  # visual drops: the precision reached at this recall is printed (rules ranked by P(absent))
 FIXED = ("oracle", "no_drop")  # rows whose labels are written here: the true modality labels, the weak labels
 
@@ -94,7 +90,7 @@ def csv_quality(data, path):
 
 
 def precision_at_recall(data, path, recall=RECALL):
-    """The visual drops of a --calibrate run ranked by P(absent) (its dropped_labels.csv): the
+    """The visual drops of a calibrated run ranked by P(absent) (its dropped_labels.csv): the
     precision of the fewest top-ranked drops that hold `recall` of the truly invisible weak labels
     (NaN where all its drops hold less); None for a rule without P(absent)."""
     d = pd.read_csv(path, sep="\t")
@@ -103,10 +99,14 @@ def precision_at_recall(data, path, recall=RECALL):
     train = llp.read_weak(data / llp.WEAK_FILES["train"])
     absent = (train.labels > 0) & ~train_presence(data, train.filenames)[1]  # (N, 25) truly invisible
     row = {f: i for i, f in enumerate(train.filenames)}
-    d = d[d.dropped == "visual"].sort_values("p_absent", ascending=False, kind="stable")
-    hits = np.cumsum([absent[row[f], llp.CLASS_INDEX[c]] for f, c in zip(d.filename, d.event_label)])
-    k = int(np.searchsorted(hits, recall * absent.sum()))  # the first prefix reaching the recall
-    return float(hits[k] / (k + 1)) if k < len(hits) else float("nan")
+    d = d[d.dropped == "visual"]
+    right = np.array([absent[row[f], llp.CLASS_INDEX[c]] for f, c in zip(d.filename, d.event_label)], dtype=bool)
+    if not right.any():
+        return float("nan")
+    precision, rec, _ = precision_recall_curve(right, d.p_absent)   # recall among the drops, falling
+    rec = rec * right.sum() / absent.sum()                           # recall among all truly invisible labels
+    reached = np.flatnonzero(rec[:-1] >= recall)                     # [-1]: the (1, 0) end point of no drop
+    return float(precision[reached[-1]]) if reached.size else float("nan")
 
 
 def per_class_lines(data, work, seeds, names, quality):

@@ -158,7 +158,7 @@ def main():
     p.add_argument("--skip_cold", action="store_true", help="only the run with a packed cache")
     p.add_argument("--skip_warm", action="store_true", help="only the run that builds the packed cache")
     p.add_argument("--skip_baseline", action="store_true", help="no per-file baseline epoch")
-    p.add_argument("--stage_args", default="", help="extra flags for the training stages, e.g. '--fused_adam off --stack_modalities'")
+    p.add_argument("--stage_args", default="", help="extra flags for the training stages, e.g. '--fused_adam off'")
     args = p.parse_args()
     work = Path(args.workdir)
     device = resolve_device(args.device)

@@ -1,10 +1,10 @@
-"""Stage 1's training targets, from the weak labels alone."""
-import numpy as np
+"""Stage 1's data: the weak train labels with their features, and the val and test splits with
+their dense truth (avvp/data.py keeps each split's features on the training device)."""
+from avvp import data
 
 
-def targets(labels, visual_smoothing):
-    """(video, audio, visual) targets (N, 25) from weak labels y (N, 25): y, y and the smoothed
-    visual target (1 - s) y + s / 2 (released: 0.9 y + 0.05)."""
-    y = np.asarray(labels, dtype=np.float32)
-    return y, y.copy(), (1.0 - visual_smoothing) * y + visual_smoothing / 2.0
-
+def load_splits(source, label_train, label_val, label_test, eval_audio, eval_visual, device):
+    """(train, val, test) Splits; train carries weak labels only, val and test also the dense truth."""
+    train = data.load_split(source, label_train, device, name="train")
+    val, test = data.load_eval_splits(source, label_val, label_test, eval_audio, eval_visual, device)
+    return train, val, test

@@ -7,13 +7,13 @@
 
 Ablations: edit the defaults of the "stage 1 method" group below (or pass the flags).
 """
-from avvp import config, data, stage, training
-from avvp.checkpoints import checkpoint_path
+from avvp import config, engine, stage
 from avvp.config import add_loss_args, number
 from avvp.errors import cli
+from avvp.model import loss_options
 
 import dataloader
-import model as stage_model
+import model
 
 STAGE = "stage1"
 ROBUST = {"folds": 2}  # --recipe robust: the cross-fitting models that stage 2's robust recipe reads
@@ -22,9 +22,7 @@ ROBUST = {"folds": 2}  # --recipe robust: the cross-fitting models that stage 2'
 def get_args(argv=None):
     p = stage.stage_parser(__doc__, train_mode="train")
     g = p.add_argument_group("stage 1 method (the released recipe; edit these defaults for ablations)")
-    # contrastive_weight 0 gives the HAN baseline
-    add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
-                  visual_smoothing=0.1)
+    add_loss_args(g, contrastive_weight=1.0)  # 0 gives the HAN baseline
     g.add_argument("--folds", type=number(1, kind=int), default=1,
                    help="K >= 2: after the base model, train K more, the k-th on the train videos outside "
                         "seeded fold k of K (models/fold<k>of<K>/), so that stage 2 --folds K can read every "
@@ -36,20 +34,26 @@ def get_args(argv=None):
 @cli
 def main(argv=None):
     args = get_args(argv)
-    started = stage.start_stage(args, STAGE, stage_model.MMIL_Net, train_mode="train")
-    if started is None:  # --mode val | test | parse has run
+    device = config.setup(args.seed, args.device, args.threads)
+    net = model.MMIL_Net(frame_pool=args.frame_pool).to(device)
+    if args.mode != "train":  # val | test | parse: use the trained checkpoint
+        stage.use_checkpoint(args, STAGE, net, device, train_mode="train")
         return
-    device, net = started
-    train = data.load_split(args, args.label_train, device, name="train")
-    val, test = data.load_eval_splits(args, device)
-    targets = dataloader.targets(train.labels, args.visual_smoothing)
-    trainer = training.Trainer(args, net, train, targets, device, stage_model.loss_options(args))
+
+    # 1. the weak labels and the features of the three splits
+    train, val, test = dataloader.load_splits(config.feature_source(args), args.label_train, args.label_val,
+                                              args.label_test, args.eval_audio, args.eval_visual, device)
+    # 2. targets: every weak label for the video, the audio and (smoothed) the visual prediction
+    targets = model.targets(train.labels, args.visual_smoothing)
+    # 3. train HAN + MMIL + contrastive: val every epoch, test at the end, checkpoint saved
     print(f"stage 1: {len(train)} train / {len(val)} val / {len(test)} test videos, "
           f"{args.epochs} epochs, contrastive weight {args.contrastive_weight}")
-    training.fit(args, trainer, val, test, STAGE, device)
-    print(f"saved {checkpoint_path(args)}")
+    losses = loss_options(args.contrastive_weight, args.temperature, args.contrastive_smoothing)
+    settings = config.training_settings(args)
+    engine.fit(net, train, targets, val, test, losses, settings, STAGE, device)
+    # 4. --folds K: the cross-fitting models stage 2 --folds K reads
     if args.folds > 1:
-        training.train_folds(args, train, targets, val, test, STAGE, device, stage_model.loss_options(args))
+        engine.train_folds(args.folds, args.frame_pool, train, targets, val, test, losses, settings, STAGE, device)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
-"""Stage 2's data: the train split, seeded partners sharing no class, the hidden truth of
-synthetic train videos (to score the estimated labels) when it exists, and the check that the val
-split has the dense truth --calibrate val learns from."""
+"""Stage 2's data in and out: seeded swap partners, the dense truth it learns from (val) or scores
+against (synthetic train), and the three files it hands on."""
+import json
 import os
 
 import numpy as np
+import pandas as pd
 
-from avvp import llp
+from avvp import data, llp
 from avvp.errors import AVVPError
-
-
-TRUTH_COVERAGE = 0.9  # share of a split's videos its dense truth must describe (the rest: noise-only labels)
+from avvp.files import atomic_group, atomic_write_text
 
 
 def label_bits(labels):
@@ -51,39 +50,89 @@ def _draw_partners(bits, rng, filenames, max_rounds):
     return partner
 
 
-def load_truth(args, filenames):
-    """Dense (N, 25, 10) audio and visual truth of train videos, or None when there is none to score against.
-
-    None when the truth files are absent (real LLP has no train truth), and also, with a note,
-    when they are not the truth of this train split: some video they describe is not in it, or
-    they describe fewer than TRUTH_COVERAGE of its videos (a video whose only labels are noise
-    has no event in either file). Scored against another set's files (the demo's synthetic truth
-    left in ../data while training on other data, say), every label would count as truly absent
-    and every drop as right.
-    """
-    paths = (args.train_truth_audio, args.train_truth_visual)
-    if not all(os.path.isfile(p) for p in paths):
+def load_train_truth(audio_csv, visual_csv, filenames):
+    """Dense (N, 25, 10) audio and visual truth of the train videos, or None when there is none to
+    score against: the files are absent (real LLP has no train truth), or, with a note, they are not
+    this split's truth (llp.truth_mismatch): scored against another set's files (the demo's
+    synthetic truth left in ../data while training on other data, say), every label would count as
+    truly absent and every drop as right."""
+    if not (os.path.isfile(audio_csv) and os.path.isfile(visual_csv)):
         return None
-    events = [llp.read_dense(p) for p in paths]
-    described = set(events[0]["filename"].tolist()) | set(events[1]["filename"].tolist())
-    train = set(filenames)
-    foreign = sorted(described - train)
-    covered = len(described & train)
-    if foreign or covered < TRUTH_COVERAGE * len(train):
-        why = (f"{foreign[0]} is not a train video" if foreign else
-               f"it describes {covered} of the {len(train)} train videos")
-        print(f"note: dropped labels not scored: the train truth ({paths[0]}, {paths[1]}) is not that of "
+    events = [llp.read_dense(p) for p in (audio_csv, visual_csv)]
+    why = llp.truth_mismatch(events, filenames, "train")
+    if why:
+        print(f"note: dropped labels not scored: the train truth ({audio_csv}, {visual_csv}) is not that of "
               f"this train split ({why})")
         return None
     return tuple(llp.dense_matrix(e, filenames) for e in events)
 
 
-def check_val_truth(val, eval_audio, eval_visual):
-    """--calibrate val: a one-line error unless the eval files describe TRUTH_COVERAGE of the val
-    split (LLP's describe all 649 val videos). A val video they miss would count as lacking every
-    event in both modalities, and the rule would learn to drop everything."""
-    described = int((val.gt_a.any(axis=(1, 2)) | val.gt_v.any(axis=(1, 2))).sum())
-    if described < TRUTH_COVERAGE * len(val):
-        raise AVVPError(f"{eval_audio}, {eval_visual}: the dense truth describes {described} of the {len(val)} val "
-                        f"videos of {val.path}; --calibrate val needs the val split's truth (LLP's eval files "
+def load_val(source, label_val, eval_audio, eval_visual, device):
+    """The val split with its dense truth, for an estimator that learns from it. A one-line error,
+    before its features are read, unless the eval files describe llp.TRUTH_COVERAGE of the split
+    (LLP's describe all 649 val videos): a val video they miss would count as lacking every event in
+    both modalities, and a rule learnt there would drop everything."""
+    truth = data.read_eval_truth(eval_audio, eval_visual)
+    names = llp.read_weak(label_val, missing_hint=data.DATA_HINT).filenames
+    covered, _ = llp.truth_coverage(truth, names)
+    if covered < llp.TRUTH_COVERAGE * len(names):
+        raise AVVPError(f"{eval_audio}, {eval_visual}: the dense truth describes {covered} of the {len(names)} val "
+                        f"videos of {label_val}; this estimator needs the val split's truth (LLP's eval files "
                         f"cover val and test)")
+    return data.load_split(source, label_val, device, truth=truth, name="val")
+
+
+def present(split):
+    """(audio, visual) (N, C) bool: whether each event is truly audible / visible in each video."""
+    return split.gt_a.any(axis=2), split.gt_v.any(axis=2)
+
+
+def dropped_table(ev, drop_a, drop_v, per_drop):
+    """dropped_labels.csv: one row per dropped label: video, class, its partners (space-separated
+    names), the swapped (mean over partners) and original probabilities, and the estimator's own
+    per-drop columns (per_drop: {column: {"audio": (N, C), "visual": (N, C)}})."""
+    names, classes = np.asarray(ev.filenames, dtype=object), np.asarray(llp.CLASSES, dtype=object)
+    partner = np.asarray([" ".join(names[p] for p in col) for col in np.asarray(ev.partners).T], dtype=object)
+    parts = []
+    for kind, drop, swapped in (("audio", drop_a, ev.vis_swapped), ("visual", drop_v, ev.aud_swapped)):
+        vi, ci = np.nonzero(drop)
+        table = pd.DataFrame({
+            "filename": names[vi], "event_label": classes[ci], "dropped": np.full(len(vi), kind, dtype=object),
+            "partner": partner[vi],
+            "swapped": np.full(len(vi), "visual" if kind == "audio" else "audio", dtype=object),
+            "audio_prob_swapped": swapped["audio_prob"][vi, ci].round(6),
+            "visual_prob_swapped": swapped["visual_prob"][vi, ci].round(6),
+            "audio_prob_original": ev.orig["audio_prob"][vi, ci].round(6),
+            "visual_prob_original": ev.orig["visual_prob"][vi, ci].round(6)})
+        for column, values in per_drop.items():
+            table[column] = np.asarray(values[kind])[vi, ci].round(6)
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_meta(run_args, models, estimate, weak):
+    """estimate_meta.json: the run's flags, the model(s) read (with --folds the fold models, and the
+    one-checkpoint keys stay empty), the estimator's own entries and the drop counts."""
+    one = len(models) == 1 and "fold" not in models[0].checkpoint
+    first = models[0]
+    return {"args": run_args, "model_stage": first.checkpoint.get("stage"),
+            "checkpoint": os.path.abspath(first.path) if one else None,
+            "epoch": first.checkpoint.get("epoch") if one else None,
+            "fold_checkpoints": [] if one else [os.path.abspath(m.path) for m in models],
+            **estimate.meta, "dropped_audio": int(estimate.drop_audio.sum()),
+            "dropped_visual": int(estimate.drop_visual.sum()), "weak_labels": int((weak > 0).sum()),
+            "train_videos": len(weak)}
+
+
+def write_outputs(output_dir, output, ev, estimate, meta):
+    """The three files, replaced together: the modality-aware labels (stage 3 reads them), the
+    evidence of each drop, and the run's metadata. Returns the label CSV's path."""
+    weak = ev.labels > 0
+    out_csv = os.path.join(output_dir, output)
+    with atomic_group():
+        llp.write_modality_labels(out_csv, ev.filenames, weak, weak & ~estimate.drop_audio,
+                                  weak & ~estimate.drop_visual)
+        llp.write_tsv(dropped_table(ev, estimate.drop_audio, estimate.drop_visual, estimate.per_drop),
+                      os.path.join(output_dir, "dropped_labels.csv"))
+        atomic_write_text(os.path.join(output_dir, "estimate_meta.json"), json.dumps(meta, indent=2, default=str))
+    return out_csv

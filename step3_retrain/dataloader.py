@@ -1,7 +1,26 @@
-"""Stage 3's data: the splits, and training targets built from stage 2's modality-aware labels."""
+"""Stage 3's data: stage 2's modality-aware labels, aligned to the train split by filename, and the
+three splits."""
+import os
+
 import numpy as np
 
+from avvp import data, llp
 from avvp.errors import AVVPError
+
+
+def read_labels(path):
+    """Stage 2's hand-off, read (and checked) before minutes of feature loading."""
+    if not os.path.isfile(path):
+        raise AVVPError(f"{path}: modality-aware label file not found; run stage 2 first: "
+                        f"cd ../step2_find_exchange && python main_avvp.py --mode estimate_labels (or pass --label_ma)")
+    return llp.read_modality_labels(path)
+
+
+def load_splits(source, label_train, label_val, label_test, eval_audio, eval_visual, device):
+    """(train, val, test) Splits; train carries weak labels only, val and test also the dense truth."""
+    train = data.load_split(source, label_train, device, name="train")
+    val, test = data.load_eval_splits(source, label_val, label_test, eval_audio, eval_visual, device)
+    return train, val, test
 
 
 def align_modality_labels(table, path, train):
@@ -26,24 +45,3 @@ def align_modality_labels(table, path, train):
         raise AVVPError(f"{path}: event_labels of {f} differ from {train.path} ({diff.size} video(s) differ); "
                         f"re-run stage 2 on this split")
     return audio, visual
-
-
-def targets(weak, audio, visual, visual_smoothing=0.1, quirk=True, smooth_dropped=True):
-    """Stage-3 targets (video, audio, visual), (N, 25) each.
-
-    audio  Pa = y with dropped audio labels set to 0.
-    visual Pv = (1 - s) * v + s / 2 where v is y with dropped visual labels set to 0, so a dropped
-           visual label's target is s / 2 = 0.05 (the released loop smooths the label vector it is
-           given); smooth_dropped=False gives exactly 0 for dropped labels.
-    video  y; with quirk=True (released behaviour: the audio target and the video target are one
-           array object in the released dataloader) a dropped AUDIO label also zeroes that class in
-           the video target, i.e. video target = Pa.
-    """
-    y = np.asarray(weak, dtype=np.float32)
-    pa = np.asarray(audio, dtype=np.float32) * y
-    v = np.asarray(visual, dtype=np.float32) * y
-    pv = (1.0 - visual_smoothing) * v + visual_smoothing / 2.0
-    if not smooth_dropped:
-        pv = np.where((y > 0) & (v == 0), 0.0, pv).astype(np.float32)
-    video = pa.copy() if quirk else y.copy()
-    return video, pa, pv

@@ -8,14 +8,15 @@ modality-aware CSV drops in each modality. Stage 2 says how much noise a class c
 truth, so the same holds on real LLP); the network's own losses, as training goes, say which labels.
 The losses are ranked over the whole train split before every epoch (JoMoLD ranks within a batch of
 128; a batch of 16 holds about one label per class, too few to rank), and the share ramps up
-linearly over the first --denoise_warmup epochs, while the network is still fitting the easy labels.
+linearly over the first WARMUP_EPOCHS epoch, while the network is still fitting the easy labels.
 """
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from avvp.model import PROB_EPS
+from avvp.model import clamped_bce, smoothed_visual
 from avvp.predict import predict
+
+WARMUP_EPOCHS = 1.0  # epochs over which the share of labels dropped ramps up from 0
 
 
 def drop_ratios(weak, audio, visual):
@@ -51,40 +52,41 @@ def joint_drops(loss_a, loss_v, pos, ratio_a, ratio_v):
 
 
 class JointDenoiser:
-    """The trainer calls refresh() before each epoch and targets() for each batch.
+    """The targets of --denoise joint, redrawn before each epoch: called as (model, epoch) ->
+    (video, audio, visual) targets (N, C) for the whole train split (engine.fit's refresh_targets),
+    built by make_targets(audio labels, visual labels) from the weak labels less the current drops.
 
     `dropped` (N, 25, 2), audio then visual: the labels the current epoch trains without, what
     stage 3 writes out as its denoised labels after the last epoch.
     """
 
-    def __init__(self, weak, ratio_a, ratio_v, warmup, visual_smoothing, device):
-        self.weak = torch.as_tensor(np.asarray(weak) > 0, device=device)     # (N, C) bool
+    def __init__(self, split, ratio_a, ratio_v, visual_smoothing, make_targets, batch_size=256,
+                 warmup=WARMUP_EPOCHS):
+        self.split, self.make_targets, self.batch_size = split, make_targets, batch_size
+        self.warmup, self.s = warmup, visual_smoothing
+        device = split.feats["audio"].device
+        self.weak = torch.as_tensor(np.asarray(split.labels) > 0, device=device)  # (N, C) bool
         self.ratio_a = torch.as_tensor(ratio_a, dtype=torch.float32, device=device)
         self.ratio_v = torch.as_tensor(ratio_v, dtype=torch.float32, device=device)
-        self.warmup, self.s = warmup, visual_smoothing
         self.dropped = torch.zeros(*self.weak.shape, 2, dtype=torch.bool, device=device)
 
-    def refresh(self, model, split, epoch, batch_size=256):
-        """Rank the current model's per-label losses on the train split and redraw `dropped`."""
+    def __call__(self, model, epoch):
+        """Rank the current model's per-label losses on the train split (the loss of each weak label
+        against its own modality's prediction, the visual one smoothed as in training), redraw
+        `dropped`, and return the targets."""
         ramp = min(1.0, (epoch - 1) / self.warmup) if self.warmup > 0 else 1.0
         if ramp == 0:
             self.dropped.zero_()
-            return
-        p = predict(model, split, batch_size, keys=("audio_prob", "visual_prob"))
-        y = self.weak.float()
-        pa, pv = (torch.as_tensor(p[k], device=y.device).clamp(PROB_EPS, 1 - PROB_EPS)
-                  for k in ("audio_prob", "visual_prob"))
-        loss_a = F.binary_cross_entropy(pa, y, reduction="none")            # (N, C)
-        loss_v = F.binary_cross_entropy(pv, (1 - self.s) * y + self.s / 2, reduction="none")
-        drop_a, drop_v = joint_drops(loss_a, loss_v, self.weak, ramp * self.ratio_a, ramp * self.ratio_v)
-        self.dropped = torch.stack([drop_a, drop_v], dim=-1)
-
-    def targets(self, idx):
-        """The batch's (audio, visual) targets (B, C): the weak labels less the dropped ones; a
-        dropped visual label is smoothed like any absent one (target s / 2)."""
-        y = self.weak[idx].float()
-        d = self.dropped[idx]
-        return y * ~d[..., 0], (1 - self.s) * (y * ~d[..., 1]) + self.s / 2
+        else:
+            y = self.weak.float()
+            p = predict(model, self.split, self.batch_size, keys=("audio_prob", "visual_prob"))
+            pa, pv = (torch.as_tensor(p[k], device=y.device) for k in ("audio_prob", "visual_prob"))
+            loss_a = clamped_bce(pa, y, reduction="none")                              # (N, C)
+            loss_v = clamped_bce(pv, smoothed_visual(y, self.s), reduction="none")
+            drop_a, drop_v = joint_drops(loss_a, loss_v, self.weak, ramp * self.ratio_a, ramp * self.ratio_v)
+            self.dropped = torch.stack([drop_a, drop_v], dim=-1)
+        keep = (self.weak[..., None] & ~self.dropped).cpu().numpy()                   # (N, C, 2)
+        return self.make_targets(keep[..., 0], keep[..., 1])
 
     def counts(self):
         """(audio, visual) labels dropped."""

@@ -8,16 +8,17 @@
 Ablations: edit the defaults of the "stage 3 method" group below (or pass the flags).
 """
 import argparse
+import functools
 import os
 
-from avvp import config, data, llp, stage, training
-from avvp.checkpoints import checkpoint_path
+from avvp import config, engine, llp, stage
 from avvp.config import add_loss_args, number
-from avvp.errors import AVVPError, cli
+from avvp.errors import cli
+from avvp.model import loss_options
 
 import dataloader
 import denoise
-import model as stage_model
+import model
 
 STAGE = "stage3"
 # --recipe robust: the video-level target keeps a label whose audio label stage 2 dropped (the released
@@ -40,65 +41,64 @@ def get_args(argv=None):
                    help="off: train on stage 2's labels as they are (released); joint: train on the weak labels "
                         "and drop, before each epoch and per class, those whose loss over the train split is large "
                         "in one modality and small in the other (JoMoLD's rule), as many as stage 2 drops of that "
-                        "class (denoise.py)")
+                        "class (denoise.py); the targets follow the two flags above")
     g.add_argument("--folds", type=number(1, kind=int), default=1,
                    help="K >= 2: after the model, train K more on the same labels, the k-th on the train videos "
                         "outside seeded fold k of K (models/fold<k>of<K>/), so that stage 2 --folds K "
                         "--model_save_dir ../step3_retrain/models/ can re-estimate the labels with models that "
                         "never trained on the video they read (1: none, the released recipe)")
-    g.add_argument("--denoise_warmup", type=number(0), default=1.0,
-                   help="--denoise joint: epochs over which the share of labels dropped ramps up from 0")
-    # contrastive_weight 0 gives the paper's "MA, labels only"
-    add_loss_args(g, contrastive_weight=1.0, temperature=0.2, contrastive_smoothing=0.1, contrastive_form="released",
-                  visual_smoothing=0.1)
+    add_loss_args(g, contrastive_weight=1.0)  # 0 gives the paper's "MA, labels only"
     config.add_recipe_arg(g, ROBUST)
     args = config.parse_with_recipe(p, argv, ROBUST)
     if args.folds > 1 and args.denoise != "off":
-        p.error(f"--folds {args.folds} trains on stage 2's labels; it does not combine with --denoise {args.denoise}")
+        why = " (set by --recipe robust; pass --folds 1)" if args.recipe == "robust" else ""
+        p.error(f"--folds {args.folds}{why} trains on stage 2's labels; it does not combine with --denoise {args.denoise}")
     return args
 
 
 @cli
 def main(argv=None):
     args = get_args(argv)
-    started = stage.start_stage(args, STAGE, stage_model.MMIL_Net, train_mode="retrain")
-    if started is None:  # --mode val | test | parse has run
+    device = config.setup(args.seed, args.device, args.threads)
+    net = model.MMIL_Net(frame_pool=args.frame_pool).to(device)
+    if args.mode != "retrain":  # val | test | parse: use the trained checkpoint
+        stage.use_checkpoint(args, STAGE, net, device, train_mode="retrain")
         return
-    device, net = started
-    # read the hand-off first: a bad CSV should fail before minutes of feature loading
-    if not os.path.isfile(args.label_ma):
-        raise AVVPError(f"{args.label_ma}: modality-aware label file not found; run stage 2 first: "
-                        f"cd ../step2_find_exchange && python main_avvp.py --mode estimate_labels (or pass --label_ma)")
-    table = llp.read_modality_labels(args.label_ma)
-    train = data.load_split(args, args.label_train, device, name="train")
+
+    # 1. stage 2's modality-aware labels (checked first), aligned to the train split; the features
+    table = dataloader.read_labels(args.label_ma)
+    train, val, test = dataloader.load_splits(config.feature_source(args), args.label_train, args.label_val,
+                                              args.label_test, args.eval_audio, args.eval_visual, device)
     audio, visual = dataloader.align_modality_labels(table, args.label_ma, train)
-    val, test = data.load_eval_splits(args, device)
-    t = dataloader.targets(train.labels, audio, visual, args.visual_smoothing, args.quirk_video_target,
-                           args.smooth_dropped)
+    # 2. targets: a label stage 2 dropped from a modality is not that modality's target
+    make_targets = functools.partial(model.targets, train.labels, visual_smoothing=args.visual_smoothing,
+                                     quirk=args.quirk_video_target, smooth_dropped=args.smooth_dropped)
+    targets = make_targets(audio, visual)
     y = train.labels > 0
     print(f"stage 3: {len(train)} train videos, {int(y.sum())} weak labels; modality-aware labels from "
           f"{args.label_ma}: {int((y & (audio == 0)).sum())} audio and {int((y & (visual == 0)).sum())} visual dropped")
     denoiser = None
-    if args.denoise == "joint":
+    if args.denoise == "joint":  # JoMoLD: the drops redrawn from the network's own losses before each epoch
         ratio_a, ratio_v = denoise.drop_ratios(train.labels, audio, visual)
-        denoiser = denoise.JointDenoiser(train.labels, ratio_a, ratio_v, args.denoise_warmup,
-                                         args.visual_smoothing, device)
-        t = (y.astype("float32"), *t[1:])  # the video target stays the weak labels
+        denoiser = denoise.JointDenoiser(train, ratio_a, ratio_v, args.visual_smoothing, make_targets,
+                                         args.eval_batch_size)
         print(f"--denoise joint: training on the weak labels; per class, up to stage 2's share of drops goes "
               f"from each modality (audio {ratio_a.mean():.3f}, visual {ratio_v.mean():.3f} on average)")
-    trainer = training.Trainer(args, net, train, t, device, stage_model.loss_options(args), denoiser)
-    training.fit(args, trainer, val, test, STAGE, device, extra={"label_ma": args.label_ma})
-    print(f"saved {checkpoint_path(args)}")
+    # 3. train: val every epoch, test at the end, checkpoint saved
+    losses = loss_options(args.contrastive_weight, args.temperature, args.contrastive_smoothing)
+    settings = config.training_settings(args)
+    extra = {"label_ma": args.label_ma}
+    engine.fit(net, train, targets, val, test, losses, settings, STAGE, device, extra, refresh_targets=denoiser)
+    # 4. --folds K: the cross-fitting models stage 2 can re-estimate the labels from
     if args.folds > 1:
-        training.train_folds(args, train, t, val, test, STAGE, device, stage_model.loss_options(args),
-                             extra={"label_ma": args.label_ma})
+        engine.train_folds(args.folds, args.frame_pool, train, targets, val, test, losses, settings, STAGE, device,
+                           extra)
     if denoiser is not None:
         dropped = denoiser.dropped.cpu().numpy()                                  # (N, 25, 2)
         out = os.path.join(args.model_save_dir, "denoised_labels.csv")
         llp.write_modality_labels(out, train.filenames, y, y & ~dropped[..., 0], y & ~dropped[..., 1])
         n_a, n_v = denoiser.counts()
-        print(f"denoised labels (after the last epoch): {n_a} audio and {n_v} visual dropped; "
-              f"written to {out}")
+        print(f"denoised labels (after the last epoch): {n_a} audio and {n_v} visual dropped; written to {out}")
 
 
 if __name__ == "__main__":

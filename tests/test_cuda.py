@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from avvp import stage
+from avvp import config, stage
 from avvp.data import Split
+from avvp.engine import Trainer
 from avvp.model import MMIL_Net
-from avvp.training import Trainer
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-LOSS = {"contrastive_weight": 1.0, "temperature": 0.2, "smoothing": 0.1, "form": "released"}
+LOSS = {"contrastive_weight": 1.0, "temperature": 0.2, "smoothing": 0.1}
 
 
-def args(**override):
+def settings(**override):
     a = stage.stage_parser(None, "train").parse_args(["--no_progress"])
     vars(a).update(override)
-    return a
+    return config.training_settings(a)
 
 
 def random_split(device, n=256, seed=0):
@@ -39,8 +39,8 @@ def train_epochs(graph, fused_adam, epochs=2):
     net = MMIL_Net(dropout=0.0).to(device)
     split = random_split(device)
     y = split.labels
-    t = Trainer(args(graph=graph, fused_adam=fused_adam), net, split, (y, y, 0.9 * y + 0.05), device, LOSS)
-    losses = [t.train_epoch(e) for e in range(1, epochs + 1)]
+    t = Trainer(net, split, (y, y, 0.9 * y + 0.05), device, LOSS, settings(graph=graph, fused_adam=fused_adam))
+    losses = [t.train_one_epoch(e) for e in range(1, epochs + 1)]
     return np.array(losses), {k: v.detach().cpu() for k, v in net.state_dict().items()}, t
 
 
@@ -73,10 +73,10 @@ def test_gpu_checkpoint_resumes_on_the_cpu():
     net = MMIL_Net(dropout=0.0)
     split = random_split(cpu)
     y = split.labels
-    t = Trainer(args(), net, split, (y, y, 0.9 * y + 0.05), cpu, LOSS)
+    t = Trainer(net, split, (y, y, 0.9 * y + 0.05), cpu, LOSS, settings())
     t.load_state({**state, "model": {k: v.cpu() for k, v in state["model"].items()}})
     group = t.opt.param_groups[0]
     assert not group["capturable"] and not group["fused"]  # the CPU optimizer's own flags
     assert all(s["exp_avg"].device.type == "cpu" for s in t.opt.state.values())
-    loss = t.train_epoch(2)
+    loss = t.train_one_epoch(2)
     assert np.isfinite(loss)

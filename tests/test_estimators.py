@@ -1,6 +1,6 @@
-"""The estimator options on real (tiny) runs: stage 2's partners, val-split class error and
-val-calibrated drop rule, the cross-fitting folds of stages 1 and 2, stage 3's joint denoising,
-and --recipe; the released defaults unchanged by them."""
+"""The estimators on real (tiny) runs: stage 2's partners, the val-calibrated drop rule and the
+plug-in registry, the cross-fitting folds of stages 1 and 2, stage 3's joint denoising, and
+--recipe; the released defaults unchanged by them."""
 import json
 
 import numpy as np
@@ -23,7 +23,7 @@ def estimate(tiny_llp, stage1_out, tmp_path, name, *flags):
     return out, meta, evidence, llp.read_modality_labels(out_dir / "modality_aware_labels.csv")
 
 
-def test_partners_and_val_error_scale(tiny_llp, stage1_out, tmp_path):
+def test_partners(tiny_llp, stage1_out, tmp_path):
     out1, meta1, ev1, labels1 = estimate(tiny_llp, stage1_out, tmp_path, "released")
     out3, meta3, ev3, labels3 = estimate(tiny_llp, stage1_out, tmp_path, "k3", "--partners", "3")
     assert "1 partner(s) each" in out1 and "3 partner(s) each" in out3
@@ -43,13 +43,14 @@ def test_partners_and_val_error_scale(tiny_llp, stage1_out, tmp_path):
     shared = set(first) & set(single)
     assert shared and all(first[f] == single[f] for f in shared)
 
-    outv, metav, _, _ = estimate(tiny_llp, stage1_out, tmp_path, "val", "--error_scale", "val")
-    # the val split's error scale differs from the train one (stage 1 has not seen val videos)
-    assert metav["v_class"] != meta1["v_class"]
-    assert max(x for x in metav["v_class"] if x == x) == 1.0   # normalised by its maximum
+    assert max(x for x in meta1["v_class"] if x == x) == 1.0   # normalised by its maximum
+    # the released rule reports its threshold at each drop: factor 0.5 * the class's scale
+    scale = dict(zip(llp.CLASSES, meta1["a_class"]))
+    rows = ev1[ev1["dropped"] == "audio"]
+    assert len(rows) and np.allclose(rows["threshold"], [0.5 * scale[c] for c in rows["event_label"]], atol=1e-6)
 
     # scores against truth: overall and per class, F1 consistent with precision and recall
-    for meta in (meta1, meta3, metav):
+    for meta in (meta1, meta3):
         for kind in ("audio", "visual"):
             q = meta["quality"][kind]
             assert q["dropped"] == sum(c["dropped"] for c in q["per_class"].values())
@@ -139,24 +140,24 @@ def test_cross_fitting_folds(tiny_llp, stage1_out, tmp_path):
     assert [p.split("/")[-2] for p in meta["fold_checkpoints"]] == ["fold1of2", "fold2of2"]
     assert meta["checkpoint"] is None
     s2 = load_stage_main(STAGE2)
-    s2_data, s2_model = s2.dataloader, s2.stage_model
+    s2_data, s2_model = s2.dataloader, s2.model
     from avvp import config, data
     args = s2.get_args([str(a) for a in flags])
-    device = config.setup(args)
-    split = data.load_split(args, args.label_train, device, name="train")
+    device = torch.device("cpu")
+    split = data.load_split(config.feature_source(args), args.label_train, device, name="train")
     partners = s2_data.pick_partners(split.labels, 1, split.filenames)
-    nets = [(s2_model.load_frozen(models / f"fold{k}of2" / "MMIL_Net.pt", args, device)[0], f, f"fold{k}")
-            for k, f in zip((1, 2), folds)]
-    mixed = s2_model.out_of_fold_probs(nets, split, partners, 256)
-    own = [s2_model.swap_probs(net, split, partners, 256) for net, _, _ in nets]
+    nets = s2_model.load_models(models, "MMIL_Net.pt", 2, device)
+    mixed = s2_model.swap_evidence(nets, split, partners, 256, out_of_fold=True)
+    own = [s2_model.swap_evidence([m], split, partners, 256) for m in nets]
     for j, names in enumerate(held):
         rows = [split.filenames.index(n) for n in names]
-        for r in range(3):
+        for r in ("orig", "vis_swapped", "aud_swapped"):
             # its own model's probs, up to the float rounding of another batch composition (1e-7 seen) ...
-            mine, other = own[j][r]["visual_prob"][rows], own[1 - j][r]["visual_prob"][rows]
-            assert np.abs(mixed[r]["visual_prob"][rows] - mine).max() < 1e-5
+            mine, other = (getattr(own[i], r)["visual_prob"][rows] for i in (j, 1 - j))
+            got = getattr(mixed, r)["visual_prob"][rows]
+            assert np.abs(got - mine).max() < 1e-5
             # ... and not the other fold model's, which differ by far more than that
-            assert np.abs(mixed[r]["visual_prob"][rows] - other).max() > 1e-3
+            assert np.abs(got - other).max() > 1e-3
     # fold models that do not cover the train split: a one-line error naming the checkpoint
     folds[1]["fold"]["heldout"] = held[1][1:] + ["not_a_train_video"]
     torch.save(folds[1], models / "fold2of2" / "MMIL_Net.pt")
@@ -197,9 +198,9 @@ def test_stage3_folds_and_reestimation(tiny_llp, stage1_out, tmp_path):
 def test_recipe_sets_defaults_and_explicit_flags_win():
     from conftest import STAGE1, STAGE2, STAGE3, stage_args
     released, robust = stage_args(STAGE2), stage_args(STAGE2, "--recipe", "robust")
-    assert (released.recipe, released.folds, released.partners, released.calibrate) == ("released", 1, 1, "none")
-    assert (robust.recipe, robust.folds, robust.partners, robust.calibrate) == ("robust", 2, 8, "val")
-    assert stage_args(STAGE2, "--recipe", "robust", "--calibrate", "none").calibrate == "none"
+    assert (released.recipe, released.folds, released.partners, released.estimator) == ("released", 1, 1, "released")
+    assert (robust.recipe, robust.folds, robust.partners, robust.estimator) == ("robust", 2, 8, "calibrated")
+    assert stage_args(STAGE2, "--recipe", "robust", "--estimator", "released").estimator == "released"
     assert stage_args(STAGE2, "--recipe", "robust", "--partners", "3").partners == 3
     assert stage_args(STAGE1, "--recipe", "robust").folds == 2 and stage_args(STAGE1).folds == 1
     # stage 3's robust recipe differs from its released one in the video target and the fold models
@@ -211,63 +212,75 @@ def test_recipe_sets_defaults_and_explicit_flags_win():
     assert stage_args(STAGE3, "--recipe", "robust", "--quirk_video_target").quirk_video_target is True
 
 
-def test_logistic_fit_recovers_known_weights():
-    from conftest import STAGE2, load_stage_main
-    cal = load_stage_main(STAGE2).calibration
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(20000, 3))
-    w = np.array([-0.5, 2.0, -1.0, 0.0])  # intercept, then one weight per feature
-    y = (rng.random(len(x)) < 1 / (1 + np.exp(-(w[0] + x @ w[1:])))).astype(float)
-    m = cal.fit_logistic(x, y, l2=0.0)
-    raw = m["weights"][1:] / m["std"]  # back from standardised features
-    assert np.abs(raw - w[1:]).max() < 0.06
-    assert abs(m["weights"][0] - (raw * m["mean"]).sum() - w[0]) < 0.06
-    # the ridge shrinks the standardised weights towards 0, the intercept is left free
-    ridge = cal.fit_logistic(x, y, l2=1e4)
-    assert np.abs(ridge["weights"][1:]).max() < 0.5 * np.abs(m["weights"][1:]).max()
-
-
 def test_calibrated_drops_follow_the_val_truth():
     from conftest import STAGE2, load_stage_main
-    cal = load_stage_main(STAGE2).calibration
+    s2 = load_stage_main(STAGE2)
     rng = np.random.default_rng(1)
 
-    def probs(n, visible):
-        """swap_probs' triple for n videos, one class: with the audio swapped, the visual prob of a
-        visible label stays high and that of an invisible one falls; audio is always present."""
+    def evidence(n, visible, weak=None, present=None):
+        """The Evidence of n videos, one class: with the audio swapped, the visual prob of a visible
+        label stays high and that of an invisible one falls; audio is always present."""
         vis_swapped_v = np.where(visible, 0.8, 0.1) + rng.uniform(-0.05, 0.05, n)
         d = lambda a, v: {"audio_prob": np.asarray(a, float)[:, None], "visual_prob": np.asarray(v, float)[:, None]}
-        return (d(np.full(n, 0.9), np.full(n, 0.7)), d(np.full(n, 0.85), np.full(n, 0.3)),
-                d(rng.uniform(0.2, 0.4, n), vis_swapped_v))
+        return s2.model.Evidence([f"v{i}" for i in range(n)], np.ones((n, 1)) if weak is None else weak, None,
+                                 d(np.full(n, 0.9), np.full(n, 0.7)), d(np.full(n, 0.85), np.full(n, 0.3)),
+                                 d(rng.uniform(0.2, 0.4, n), vis_swapped_v), present)
 
     val_visible = np.arange(40) % 3 > 0            # a third of the val labels truly invisible
     train_visible = np.arange(30) % 2 > 0
-    ones = lambda n: np.ones((n, 1))
-    val_present = (np.ones((40, 1), bool), val_visible[:, None])
-    drop_a, drop_v, p, info = cal.calibrated_drops(ones(30), probs(30, train_visible), ones(40), val_present,
-                                                   [probs(40, val_visible)])
+    val = [evidence(40, val_visible, present=(np.ones((40, 1), bool), val_visible[:, None]))]
+    est = s2.estimators.calibrated(evidence(30, train_visible), val)
+    drop_v, p, info = est.drop_visual, est.per_drop["p_absent"], est.meta["calibration"]
     assert drop_v[:, 0].tolist() == (~train_visible).tolist()   # exactly the invisible train labels
-    assert not drop_a.any() and np.isnan(p["audio"]).all()      # val never lacks audio: nothing learnt
+    assert not est.drop_audio.any() and np.isnan(p["audio"]).all()  # val never lacks audio: nothing learnt
     assert info["audio"]["val_absent"] == 0 and "no audio rule learnt" in info["audio"]["note"]
     assert info["visual"]["val_labels"] == 40 and info["visual"]["val_absent"] == 14
     assert info["visual"]["val_dropped"] == info["visual"]["val_dropped_right"] == 14
     assert (p["visual"][~train_visible, 0] > 0.5).all() and (p["visual"][train_visible, 0] < 0.5).all()
     # a label that is not weak is never dropped, whatever its evidence
-    weak = ones(30)
+    weak = np.ones((30, 1))
     weak[0] = 0
-    _, drop_v, p, _ = cal.calibrated_drops(weak, probs(30, train_visible), ones(40), val_present,
-                                           [probs(40, val_visible)])
+    est = s2.estimators.calibrated(evidence(30, train_visible, weak=weak), val)
+    drop_v, p = est.drop_visual, est.per_drop["p_absent"]
     assert not drop_v[0, 0] and np.isnan(p["visual"][0, 0]) and drop_v[1:, 0].tolist() == (~train_visible[1:]).tolist()
 
 
-def test_stage2_calibrate_val(tiny_llp, tmp_path):
+def test_an_estimator_is_one_function_and_one_name(tiny_llp, stage1_out, tmp_path, monkeypatch):
+    """The plug point: a function registered under a name is what --estimator NAME runs, its options
+    come from the flags it names, and its per-drop column reaches dropped_labels.csv."""
+    from conftest import STAGE2, load_stage_main
+    est = load_stage_main(STAGE2).estimators
+    monkeypatch.setattr(est, "ESTIMATORS", dict(est.ESTIMATORS))
+
+    @est.estimator("fixed", options=("threshold_factor",))
+    def fixed(train, val, threshold_factor):
+        y = train.labels > 0
+        a, v = train.vis_swapped, train.aud_swapped
+        drop_a = y & (a["audio_prob"] < threshold_factor) & (a["visual_prob"] < threshold_factor)
+        drop_v = y & (v["audio_prob"] < threshold_factor) & (v["visual_prob"] < threshold_factor)
+        margin = {"audio": a["visual_prob"] - threshold_factor, "visual": v["audio_prob"] - threshold_factor}
+        return est.Estimate(drop_a, drop_v, {"margin": margin}, {"fixed_threshold": threshold_factor})
+
+    assert fixed.reads_val is False and est.ESTIMATORS["fixed"] is fixed
+    out, meta, ev, (_, weak, audio, visual) = estimate(tiny_llp, stage1_out, tmp_path, "fixed", "--estimator", "fixed",
+                                                       "--threshold_factor", "0.3")
+    assert meta["fixed_threshold"] == 0.3 and "a_class" not in meta and meta["args"]["estimator"] == "fixed"
+    dropped = int(((weak > 0) & (visual == 0)).sum())
+    assert dropped == meta["dropped_visual"] > 0
+    rows = ev[ev["dropped"] == "visual"]
+    assert len(rows) == dropped and "threshold" not in ev.columns
+    assert (rows["visual_prob_swapped"] < 0.3).all() and (rows["margin"] < 0).all()
+    assert np.allclose(rows["margin"], rows["audio_prob_swapped"] - 0.3, atol=2e-6)
+
+
+def test_stage2_calibrated_estimator(tiny_llp, tmp_path):
     from conftest import STAGE1
     models = tmp_path / "m1"
     code, out, err = call_stage(STAGE1, ["--mode", "train", "--device", "cpu", *tiny_llp.args(), "--epochs", "1",
                                          "--folds", "2", "--model_save_dir", models], tmp_path)
     assert code == 0, err
     flags = ["--device", "cpu", *tiny_llp.args(), "--model_save_dir", models, *tiny_llp.truth_args(),
-             "--folds", "2", "--partners", "2", "--calibrate", "val"]
+             "--folds", "2", "--partners", "2", "--estimator", "calibrated"]
     code, out, err = call_stage(STAGE2, [*flags, "--output_dir", tmp_path / "s2"], tmp_path)
     assert code == 0, err
     meta = json.loads((tmp_path / "s2" / "estimate_meta.json").read_text())
@@ -278,16 +291,17 @@ def test_stage2_calibrate_val(tiny_llp, tmp_path):
     for kind, kept in (("audio", audio), ("visual", visual)):
         # every val weak label is a row once per fold model
         assert cal[kind]["val_labels"] == 2 * int(val.labels.sum())
-        assert f"--calibrate val: {kind} rule from {cal[kind]['val_labels']} val labels" in out
+        assert f"calibrated: {kind} rule from {cal[kind]['val_labels']} val labels" in out
         rows = evidence[evidence["dropped"] == kind]
         assert len(rows) == int(((weak > 0) & (kept == 0)).sum()) == meta["quality"][kind]["dropped"]
         assert (rows["p_absent"] > 0.5).all()
     # the tiny val split lacks some visual events: a visual rule is learnt, with a weight per feature
     assert 0 < cal["visual"]["val_absent"] < cal["visual"]["val_labels"]
     assert len(cal["visual"]["weights"]) == len(cal["visual"]["features"]) + 1 == 13
-    assert meta["args"]["calibrate"] == "val"
-    # the same swaps without --calibrate: the released thresholds, and no p_absent column
+    assert meta["args"]["estimator"] == "calibrated" and "threshold" not in evidence.columns
+    # the same swaps, estimator released: its thresholds, and no p_absent column
     code, out, err = call_stage(STAGE2, [*flags[:-2], "--output_dir", tmp_path / "s2r"], tmp_path)
     assert code == 0, err
     assert "p_absent" not in pd.read_csv(tmp_path / "s2r" / "dropped_labels.csv", sep="\t").columns
+    assert "threshold" in pd.read_csv(tmp_path / "s2r" / "dropped_labels.csv", sep="\t").columns
     assert "calibration" not in json.loads((tmp_path / "s2r" / "estimate_meta.json").read_text())

@@ -16,7 +16,7 @@ import pytest
 
 from avvp import config, llp, parse
 from avvp import evaluate as llp_eval
-from avvp.checkpoints import checkpoint_path, load_checkpoint, load_model_strict
+from avvp.checkpoints import load_into
 from avvp.data import load_split, read_eval_truth
 from avvp.errors import AVVPError
 from avvp.model import MMIL_Net
@@ -81,10 +81,10 @@ def reference(trained):
     root, base, _, _ = trained
     args = config.add_common_args(config.ArgumentParser("t")).parse_args(base)
     model = MMIL_Net(frame_pool=args.frame_pool)
-    path = checkpoint_path(args)
-    load_model_strict(model, load_checkpoint(path), path)
+    load_into(model, os.path.join(args.model_save_dir, args.checkpoint))
     import torch
-    split = load_split(args, args.label_test, torch.device("cpu"), truth=read_eval_truth(args), name="test")
+    split = load_split(config.feature_source(args), args.label_test, torch.device("cpu"),
+                       truth=read_eval_truth(args.eval_audio, args.eval_visual), name="test")
     probs = predict(model, split, 256)
     return split, probs, evaluate(model, split, 256, probs=probs)
 

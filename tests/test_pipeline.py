@@ -184,36 +184,6 @@ def _inputs(b=6, seed=0):
             torch.randn(b, 10, 512, generator=g))
 
 
-def test_stacked_modalities_compute_the_same_function_and_gradients():
-    torch.manual_seed(0)
-    plain = MMIL_Net(dropout=0.0)
-    stacked = MMIL_Net(dropout=0.0, stack_modalities=True)
-    stacked.load_state_dict(plain.state_dict())
-    a, v, s = _inputs()
-    y = (torch.rand(6, 25, generator=torch.Generator().manual_seed(1)) < 0.2).float()
-    outs = []
-    for net in (plain, stacked):
-        out = net(a, v, s)
-        loss, _ = mmil_loss(out, y, y, 0.9 * y + 0.05)
-        net.zero_grad()
-        loss.backward()
-        outs.append((out, loss))
-    (o1, l1), (o2, l2) = outs
-    for f in o1._fields:
-        assert torch.allclose(getattr(o1, f), getattr(o2, f), atol=1e-5), f
-    assert abs(l1.item() - l2.item()) < 1e-5 and l1.item() > 0.1
-    for (name, p1), p2 in zip(plain.named_parameters(), stacked.parameters()):
-        assert torch.allclose(p1.grad, p2.grad, atol=1e-5, rtol=1e-4), name
-    assert plain.fc_a.weight.grad.abs().sum() > 0
-    # and it is another code path: the shared layer runs once, on a (2B, 10, d) batch
-    calls = []
-    for net in (plain, stacked):
-        h = net.hat_encoder.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
-        net(a, v, s)
-        h.remove()
-    assert calls == [(6, 10, 512), (6, 10, 512), (12, 10, 512)]
-
-
 def test_attention_without_averaging_its_unused_weights_is_bit_identical():
     """The layers pass average_attn_weights=False, which skips one reduction per attention call whose
     output nothing reads; outputs and gradients are those of the released call, bit for bit."""
@@ -253,9 +223,6 @@ def test_contrastive_target_and_loss():
     # released form: -log(0.9 p_pos + 9 * (0.1 / 9) p_neg)
     expected = logz - np.log(0.9 * np.exp(5.0) + 0.1)
     assert contrastive_loss(feats, feats, 0.2, 0.1).item() == pytest.approx(expected, rel=1e-5)
-    # cross-entropy form: 0.9 (log Z - 5) + 0.1 log Z
-    expected_ce = 0.9 * (logz - 5.0) + 0.1 * logz
-    assert contrastive_loss(feats, feats, 0.2, 0.1, form="ce").item() == pytest.approx(expected_ce, rel=1e-5)
     # weight 0 gives the HAN loss (no contrastive term)
     net = MMIL_Net().eval()
     out = net(torch.randn(2, 10, 128), torch.rand(2, 10, 2048), torch.randn(2, 10, 512))
@@ -269,7 +236,8 @@ def test_contrastive_target_and_loss():
 # ----------------------------------------------------------------------------- stage 2 and 3 logic
 
 def test_drop_rule_on_hand_made_probabilities():
-    m = stage_module("step2_find_exchange", "model")
+    m = stage_module("step2_find_exchange", "estimators")
+    ev = stage_module("step2_find_exchange", "model").Evidence
     labels = np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)  # 4 videos, 2 classes
     # errors of (prob > 0.5) against the labels: audio class 0 misses video 3, class 1 misses video 1
     # -> 1/4 each, a_class = [1, 1]; visual class 0 misses video 3 (1/4), class 1 misses videos 1 and 2
@@ -280,7 +248,12 @@ def test_drop_rule_on_hand_made_probabilities():
               "visual_prob": np.array([[.2, .0], [.1, .4], [.0, .1], [.3, .0]])}
     vis_sw = {"audio_prob": np.array([[.4, .0], [.9, .1], [.0, .2], [.2, .0]]),
               "visual_prob": np.array([[.3, .0], [.2, .2], [.0, .6], [.1, .0]])}
-    drop_a, drop_v, a_class, v_class = m.exchange_rule(labels, orig, vis_sw, aud_sw, factor=0.5)
+
+    def rule(o, vis, aud):
+        est = m.released(ev(None, labels, None, o, vis, aud, None), None, threshold_factor=0.5)
+        return est.drop_audio, est.drop_visual, np.array(est.meta["a_class"]), np.array(est.meta["v_class"])
+
+    drop_a, drop_v, a_class, v_class = rule(orig, vis_sw, aud_sw)
     assert np.allclose(a_class, [1.0, 1.0]) and np.allclose(v_class, [0.5, 1.0])
     # visual drop: aud-swapped visual AND audio prob < 0.5 * v_class (0.25 for c0, 0.5 for c1)
     assert drop_v.tolist() == [[True, False], [False, True], [False, False], [False, False]]
@@ -289,18 +262,8 @@ def test_drop_rule_on_hand_made_probabilities():
     # a class without error (scale 0) or a model without any error (NaN) never drops
     perfect = {"audio_prob": labels.astype(float), "visual_prob": labels.astype(float)}
     zero = {"audio_prob": np.zeros((4, 2)), "visual_prob": np.zeros((4, 2))}
-    da, dv, ac, vc = m.exchange_rule(labels, perfect, zero, zero)
+    da, dv, ac, vc = rule(perfect, zero, zero)
     assert np.isnan(ac).all() and not da.any() and not dv.any()
-    # the fixed-threshold option drops every label whose swapped probs are both < 0.5
-    da, dv, ac, vc = m.exchange_rule(labels, perfect, zero, zero, error_scale="none")
-    assert np.array_equal(da, labels > 0) and np.array_equal(dv, labels > 0) and (ac == 1).all()
-    _, dv, _, _ = m.exchange_rule(labels, orig, vis_sw, aud_sw, error_scale="none")
-    assert dv.tolist() == [[True, False], [False, True], [False, False], [True, False]]
-    # the val option: a model that fits the train labels (0/0 there) still drops, with the scale of
-    # its errors on held-out videos: `orig` on these labels gives a_class [1, 1], v_class [0.5, 1]
-    da, dv, ac, vc = m.exchange_rule(labels, perfect, vis_sw, aud_sw, error_scale="val", held_out=(orig, labels))
-    assert np.allclose(ac, [1.0, 1.0]) and np.allclose(vc, [0.5, 1.0])
-    assert np.array_equal(da, drop_a) and np.array_equal(dv, drop_v)
 
 
 def test_partners_share_no_class_and_are_seeded():
@@ -326,7 +289,7 @@ def test_partners_share_no_class_and_are_seeded():
 
 
 def test_stage3_targets_and_quirk():
-    d = stage_module("step3_retrain", "dataloader")
+    d = stage_module("step3_retrain", "model")
     weak = np.array([[1, 1, 0]], dtype=np.float32)
     audio = np.array([[0, 1, 0]], dtype=np.float32)   # class 0 dropped from audio
     visual = np.array([[1, 0, 0]], dtype=np.float32)  # class 1 dropped from visual
@@ -340,12 +303,12 @@ def test_stage3_targets_and_quirk():
     assert np.allclose(pv0, [[0.95, 0.0, 0.05]])
     # nothing dropped: stage-3 targets equal stage-1 targets
     t3 = d.targets(weak, weak, weak, 0.1, quirk=True)
-    t1 = stage_module("step1_train_base_model", "dataloader").targets(weak, 0.1)
+    t1 = stage_module("step1_train_base_model", "model").targets(weak, 0.1)
     assert all(np.allclose(a, b) for a, b in zip(t3, t1))
 
 
 def test_stage1_targets():
-    d = stage_module("step1_train_base_model", "dataloader")
+    d = stage_module("step1_train_base_model", "model")
     y = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32)
     video, audio, visual = d.targets(y, 0.1)
     assert video.tolist() == audio.tolist() == y.tolist() and video is not audio
@@ -354,8 +317,7 @@ def test_stage1_targets():
 
 
 def test_stage2_drop_quality_overall_and_per_class():
-    from conftest import STAGE2, load_stage_main
-    main2 = load_stage_main(STAGE2)
+    from avvp.report import drop_quality
     weak = np.zeros((4, 25), np.float32)
     weak[:, 0] = 1
     weak[:2, 1] = 1
@@ -365,7 +327,7 @@ def test_stage2_drop_quality_overall_and_per_class():
     drop = np.zeros((4, 25), bool)
     drop[[0, 2], 0] = True          # one right, one wrong
     drop[0, 1] = True               # right
-    q = main2.drop_quality(drop, weak, present)
+    q = drop_quality(drop, weak, present)
     assert (q["dropped"], q["correct"], q["truly_absent"], q["weak_labels"]) == (3, 2, 3, 6)
     assert q["precision"] == pytest.approx(2 / 3) and q["recall"] == pytest.approx(2 / 3)
     assert q["f1"] == pytest.approx(2 / 3) and q["base_rate"] == pytest.approx(0.5)
@@ -382,7 +344,7 @@ def test_stage2_evidence_of_float32_probabilities_reads_back(tmp_path):
     import pandas as pd
 
     from conftest import STAGE2, load_stage_main
-    main2 = load_stage_main(STAGE2)
+    s2 = load_stage_main(STAGE2)
     rng = np.random.default_rng(0)
     names = [f"vid{i:08d}_0_10" for i in range(6)]
     probs = lambda: {k: rng.random((6, 25), dtype=np.float32) for k in ("audio_prob", "visual_prob")}  # noqa: E731
@@ -392,9 +354,15 @@ def test_stage2_evidence_of_float32_probabilities_reads_back(tmp_path):
     drop_a[1, 3] = drop_a[4, 0] = drop_v[2, 24] = True
     partner = np.array([3, 4, 5, 0, 1, 2])
     thr = np.linspace(0.1, 0.5, 25)
-    two = main2.evidence_table(names, np.stack([partner, partner[::-1]]), orig, vis, aud, drop_a, drop_v, thr, thr / 2)
+    per_drop = {"threshold": {"audio": np.broadcast_to(thr, (6, 25)), "visual": np.broadcast_to(thr / 2, (6, 25))}}
+
+    def table_of(partners):
+        ev = s2.model.Evidence(names, None, partners, orig, vis, aud, None)
+        return s2.dataloader.dropped_table(ev, drop_a, drop_v, per_drop)
+
+    two = table_of(np.stack([partner, partner[::-1]]))
     assert two["partner"].tolist() == [f"{names[4]} {names[1]}", f"{names[1]} {names[4]}", f"{names[5]} {names[0]}"]
-    table = main2.evidence_table(names, partner[None], orig, vis, aud, drop_a, drop_v, thr, thr / 2)
+    table = table_of(partner[None])
     llp.write_tsv(table, tmp_path / "e.csv")
     text = (tmp_path / "e.csv").read_text()
     back = pd.read_csv(tmp_path / "e.csv", sep="\t")

@@ -1,4 +1,4 @@
-"""The training loop of stages 1 and 3 (avvp/training.py) in-process, on random LLP-shaped videos:
+"""The training loop of stages 1 and 3 (avvp/engine.py) in-process, on random LLP-shaped videos:
 the optimizer torch builds for each --fused_adam choice, resuming a checkpoint of another
 optimizer implementation, what fit() writes and prints, frame pooling in training, and the
 phase clock behind each stage's `time:` line."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avvp import training
+from avvp import config, engine
 from avvp.data import Split
 from avvp.model import MMIL_Net, loss_options
 from avvp.timing import PhaseClock, memory_line, process_age
@@ -49,12 +49,23 @@ def targets(y, s=0.1):
     return y, y.copy(), (1 - s) * y + s / 2
 
 
+def losses(args):
+    return loss_options(args.contrastive_weight, args.temperature, args.contrastive_smoothing)
+
+
 def make_trainer(args, split, init=None, dropout=0.1):
     torch.manual_seed(0)
     net = MMIL_Net(dropout=dropout, frame_pool=args.frame_pool)
     if init is not None:
         net.load_state_dict(init)
-    return training.Trainer(args, net, split, targets(split.labels), CPU, loss_options(args))
+    return engine.Trainer(net, split, targets(split.labels), CPU, losses(args), config.training_settings(args))
+
+
+@pytest.fixture
+def lr_step_1(monkeypatch):
+    """StepLR(1, 0.5): the lr changes every epoch, so that the saved schedule matters."""
+    monkeypatch.setattr(engine, "LR_STEP", 1)
+    monkeypatch.setattr(engine, "LR_GAMMA", 0.5)
 
 
 def params_equal(a, b):
@@ -80,19 +91,19 @@ def test_fused_adam_choice_means_fused_exactly_where_asked_or_captured():
     for choice, eager, captured in [("auto", None, True), ("on", True, True), ("off", None, None)]:
         args = recipe_args("--fused_adam", choice)
         # capturable=True is what Trainer asks for on the CUDA graph path (only the optimizer is built here)
-        opts = [training.build_optimizer(args, model, capturable=c)[0] for c in (False, True)]
+        opts = [engine.build_optimizer(model, args.lr, args.fused_adam, capturable=c)[0] for c in (False, True)]
         assert [o.defaults["fused"] for o in opts] == [eager, captured], choice
         assert [o.defaults["capturable"] for o in opts] == [False, True]
         assert torch.is_tensor(opts[1].param_groups[0]["lr"]) and float(opts[1].param_groups[0]["lr"]) == pytest.approx(3e-4)
 
 
-def test_fused_adam_on_the_cpu_follows_the_same_loss_trajectory():
+def test_fused_adam_on_the_cpu_follows_the_same_loss_trajectory(lr_step_1):
     split = random_split(32, seed=1, label_rate=0.15)
     runs = {}
     for choice in ("off", "on"):
-        t = make_trainer(recipe_args("--fused_adam", choice, "--lr_step", "2", "--batch-size", "8"), split, dropout=0.0)
+        t = make_trainer(recipe_args("--fused_adam", choice, "--batch-size", "8"), split, dropout=0.0)
         assert t.opt.defaults["fused"] is (True if choice == "on" else None)
-        runs[choice] = [t.train_epoch(e) for e in range(1, 4)]
+        runs[choice] = [t.train_one_epoch(e) for e in range(1, 4)]
     assert runs["off"][-1] < runs["off"][0]  # it trains
     assert runs["off"] == pytest.approx(runs["on"], rel=1e-4, abs=1e-5)
 
@@ -101,18 +112,18 @@ def test_fused_adam_on_the_cpu_follows_the_same_loss_trajectory():
 
 @pytest.mark.parametrize("flags", [{"capturable": True, "fused": True}, {"capturable": True}, {"foreach": True}],
                          ids=["graph path, fused", "graph path, foreach", "eager CUDA"])
-def test_load_state_keeps_this_optimizer_implementation_and_continues_identically(flags):
+def test_load_state_keeps_this_optimizer_implementation_and_continues_identically(flags, lr_step_1):
     """A checkpoint of a GPU run records its Adam's flags (capturable, maybe fused); loaded by a CPU
     trainer, the optimizer keeps its own flags, takes the saved moments, lr and schedule, and goes
     on exactly as the trainer that saved it."""
-    args = recipe_args("--batch-size", "8", "--lr_step", "1", "--lr_gamma", "0.5")
+    args = recipe_args("--batch-size", "8")
     split = random_split(24, seed=2)
     first = make_trainer(args, split)
-    first.train_epoch(1)
+    first.train_one_epoch(1)
     state = copy.deepcopy(first.state())
     for g in state["optimizer"]["param_groups"]:
         g.update(flags)
-    want = first.train_epoch(2)  # the uninterrupted run (every RNG as saved: set_rng_state below restores them)
+    want = first.train_one_epoch(2)  # the uninterrupted run (every RNG as saved: set_rng_state below restores them)
     resumed = make_trainer(args, split)
     assert not params_equal(resumed.model, first.model)
     resumed.load_state(state)
@@ -120,7 +131,7 @@ def test_load_state_keeps_this_optimizer_implementation_and_continues_identicall
         "capturable": False, "fused": None, "foreach": None}
     assert resumed.lr() == pytest.approx(1.5e-4)  # one StepLR step of 0.5: the saved schedule
     assert float(resumed.opt.state[next(resumed.model.parameters())]["step"]) == 3.0  # 24 / 8 steps
-    got = resumed.train_epoch(2)
+    got = resumed.train_one_epoch(2)
     assert got == want and params_equal(resumed.model, first.model)
     assert resumed.lr() == first.lr() == pytest.approx(7.5e-5)
 
@@ -129,12 +140,12 @@ def test_resume_restores_the_batch_order_and_every_rng():
     args = recipe_args("--batch-size", "8")
     split = random_split(24, seed=3)
     t = make_trainer(args, split)
-    t.train_epoch(1)
+    t.train_one_epoch(1)
     state = copy.deepcopy(t.state())
     draws = (torch.randperm(24, generator=t.gen).tolist(), torch.rand(3).tolist(), np.random.rand(2).tolist())
     torch.manual_seed(123)
     np.random.seed(123)
-    training.set_rng_state(state["rng"], t.gen)
+    engine.set_rng_state(state["rng"], t.gen)
     again = (torch.randperm(24, generator=t.gen).tolist(), torch.rand(3).tolist(), np.random.rand(2).tolist())
     assert again == draws and draws[0] != list(range(24))
 
@@ -146,19 +157,25 @@ def fit_setup(tmp_path, epochs, n=8):
     split = random_split(n, seed=0)
     split.gt_a = split.gt_v = np.zeros((n, 25, 10), np.uint8)  # fit() evaluates val and test
     split.gt_a[:, 0, 2:5] = 1
-    return args, split, make_trainer(args, split)
+    torch.manual_seed(0)
+    return args, split, MMIL_Net()
+
+
+def fit(args, split, net, **kw):
+    return engine.fit(net, split, targets(split.labels), split, split, losses(args), config.training_settings(args),
+                      "stage1", CPU, **kw)
 
 
 def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path, monkeypatch):
-    args, split, trainer = fit_setup(tmp_path, epochs=3)
-    calls, real = [], training.save_checkpoint
+    args, split, net = fit_setup(tmp_path, epochs=3)
+    calls, real = [], engine.save_checkpoint
 
-    def spy(path, trainer, args, epoch, metrics, stage, extra=None):
+    def spy(path, state, run_args, epoch, metrics, stage, extra=None):
         calls.append((epoch, sorted(metrics), (tmp_path / "MMIL_Net.pt").exists()))
-        return real(path, trainer, args, epoch, metrics, stage, extra)
+        return real(path, state, run_args, epoch, metrics, stage, extra)
 
-    monkeypatch.setattr(training, "save_checkpoint", spy)
-    test = training.fit(args, trainer, split, split, "stage1", CPU, extra={"note": 5})
+    monkeypatch.setattr(engine, "save_checkpoint", spy)
+    test = fit(args, split, net, extra={"note": 5})
     assert calls == [(1, ["val"], False), (2, ["val"], True), (3, ["test", "val"], True)]
     ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=False)
     assert ckpt["epoch"] == 3 and sorted(ckpt["metrics"]) == ["test", "val"] and ckpt["note"] == 5
@@ -168,22 +185,44 @@ def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MMIL_Net.pt", "test_metrics.json", "val_metrics.json"]
 
 
-def test_the_epoch_that_captures_the_graph_says_what_capturing_cost(tmp_path, capsys):
+def test_refreshed_targets_reach_the_loss_before_each_epoch(tmp_path, monkeypatch):
+    """refresh_targets (stage 3's --denoise joint) is asked before every epoch with the model being
+    trained, and the batches of that epoch train toward what it returned."""
+    args, split, net = fit_setup(tmp_path, epochs=2)
+    seen, asked = [], []
+    real = engine.mmil_loss
+
+    def spy(out, t_video, t_audio, t_visual, **kw):
+        seen.append(float(t_audio.sum()))
+        return real(out, t_video, t_audio, t_visual, **kw)
+
+    def refresh(model, epoch):
+        asked.append((model is net, epoch))
+        y = split.labels * (epoch - 1)   # epoch 1: no audio target at all; epoch 2: the weak labels
+        return split.labels, y, targets(split.labels)[2]
+
+    monkeypatch.setattr(engine, "mmil_loss", spy)
+    fit(args, split, net, refresh_targets=refresh)
+    assert asked == [(True, 1), (True, 2)]
+    assert seen[:2] == [0.0, 0.0] and sum(seen[2:]) == float(split.labels.sum())  # 2 batches of 4 per epoch
+
+
+def test_the_epoch_that_captures_the_graph_says_what_capturing_cost(tmp_path, capsys, monkeypatch):
     """On CUDA the first full batch captures the step (warm-up steps, then recording); that epoch's
     line says how long each took. Simulated here: capturing needs CUDA."""
-    args, split, trainer = fit_setup(tmp_path, epochs=2)
-    real = trainer.train_epoch
+    args, split, net = fit_setup(tmp_path, epochs=2)
+    real = engine.Trainer.train_one_epoch
 
-    def capturing(epoch):  # trains eagerly, and leaves the trainer as a capturing epoch would
+    def capturing(trainer, epoch):  # trains eagerly, and leaves the trainer as a capturing epoch would
         graph, trainer.graph = trainer.graph, None
-        loss = real(epoch)
+        loss = real(trainer, epoch)
         if graph is None:
             graph, trainer.capture_seconds = object(), (0.5, 0.25)
         trainer.graph = graph
         return loss
 
-    trainer.train_epoch = capturing
-    training.fit(args, trainer, split, split, "stage1", CPU)
+    monkeypatch.setattr(engine.Trainer, "train_one_epoch", capturing)
+    fit(args, split, net)
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 2 and re.search(r" train [\d.]+s \(graph warm-up 0\.50s, capture 0\.25s\) val ", lines[0])
@@ -204,7 +243,7 @@ def test_frame_pool_early_trains_like_late():
     for pool, split in (("late", split80), ("early", split10)):
         t = make_trainer(recipe_args("--batch-size", "8", "--frame_pool", pool), split, init)
         assert t.model.frame_pool == pool
-        runs[pool] = ([t.train_epoch(e) for e in (1, 2)], t.model)
+        runs[pool] = ([t.train_one_epoch(e) for e in (1, 2)], t.model)
     assert runs["late"][0] == pytest.approx(runs["early"][0], rel=1e-4)
     assert runs["late"][0][1] != runs["late"][0][0]
     flat = lambda ps: torch.cat([p.detach().flatten() for p in ps])  # noqa: E731
@@ -220,7 +259,7 @@ def test_non_finite_loss_stops_the_epoch_with_one_line(monkeypatch):
     from avvp.errors import AVVPError
     args = recipe_args("--batch-size", "4")
     t = make_trainer(args, random_split(12, seed=5))
-    real = training.mmil_loss
+    real = engine.mmil_loss
     n = {"calls": 0}
 
     def exploding(*a, **k):
@@ -228,9 +267,9 @@ def test_non_finite_loss_stops_the_epoch_with_one_line(monkeypatch):
         n["calls"] += 1
         return (loss * float("nan") if n["calls"] == 2 else loss), nce
 
-    monkeypatch.setattr(training, "mmil_loss", exploding)
+    monkeypatch.setattr(engine, "mmil_loss", exploding)
     with pytest.raises(AVVPError, match=r"non-finite loss \(nan\) at epoch 4, batch 2 of 3; training stopped"):
-        t.train_epoch(4)
+        t.train_one_epoch(4)
     assert n["calls"] == 2  # the CPU loop stops at the bad batch
 
 
@@ -261,15 +300,29 @@ def test_phase_clock_sums_phases_and_accounts_for_the_rest():
     assert clock.seconds["save"] >= 0.01
 
 
+AGE_AFTER_SLEEP = "import time; time.sleep(0.6); from avvp.timing import process_age; print(process_age())"
+PEAK_AFTER_300MB = ("import numpy as np, torch; a = np.ones(300 * 2**20 // 8); del a; "
+                    "from avvp.timing import memory_line; print(memory_line(torch.device('cpu')))")
+
+
 def test_process_age_counts_from_process_start():
-    age = process_age()
-    if age is None:
+    """A process that sleeps 0.6 s before asking is at least that old: start-up is counted."""
+    import subprocess
+    import sys
+    from conftest import stage_env
+    out = subprocess.run([sys.executable, "-c", AGE_AFTER_SLEEP], capture_output=True, text=True, env=stage_env(),
+                         timeout=120).stdout.strip()
+    if out == "None":
         pytest.skip("no /proc")
-    t = time.monotonic()
-    assert 0.0 < age < t + 1.0  # this process started after boot, and a while ago (imports ran)
+    assert 0.6 <= float(out) < 60
 
 
 def test_memory_line_reports_the_peak_rss():
-    line = memory_line(CPU)
+    """A process that held 300 MiB once reports a peak of at least that, even after freeing it."""
+    import subprocess
+    import sys
+    from conftest import stage_env
+    line = subprocess.run([sys.executable, "-c", PEAK_AFTER_300MB], capture_output=True, text=True,
+                          env=stage_env(), timeout=120).stdout.strip()
     m = re.fullmatch(r"peak memory: RSS ([\d.]+) GiB", line)
-    assert m and 0.01 < float(m[1]) < 128  # this process holds torch: tens of MiB at least
+    assert m and 300 / 1024 <= float(m[1]) < 300 / 1024 + 1.0, line

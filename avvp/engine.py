@@ -1,7 +1,9 @@
-"""The training loop of stages 1 and 3: Adam + StepLR over fixed per-video targets, eager or with
-the whole step replayed from one CUDA graph; val every epoch, test at the end, checkpoints, resume;
-and the cross-fitting models of --folds."""
-import copy
+"""The training loop of stages 1 and 3 (the model's loss: avvp/model.py): fit() runs the epochs,
+Trainer.train_one_epoch() the batches, eager or with the whole step replayed from one CUDA graph;
+val every epoch, test at the end, checkpoints, resume; and the cross-fitting models of --folds.
+
+settings: a config.TrainSettings (batch size, epochs, lr, seed, where to save, ...), built from
+the stage's flags."""
 import math
 import os
 import random
@@ -12,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from . import evaluate as llp_eval
-from .checkpoints import checkpoint_path, fold_dir, load_checkpoint, load_model_strict, save_checkpoint
-from .config import seed_everything
+from .checkpoints import fold_dir, load_checkpoint, load_model_strict, save_checkpoint
+from .config import LR_GAMMA, LR_STEP, seed_everything
 from .errors import AVVPError
 from .files import ensure_writable_dir
 from .model import MMIL_Net, mmil_loss
@@ -24,38 +26,36 @@ from .timing import clock, memory_line
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 
-def build_optimizer(args, model, capturable=False):
-    """torch.optim.Adam + StepLR. capturable: Adam keeps its step count and lr on the device, as a
-    CUDA graph that replays the step needs. --fused_adam auto uses torch's fused kernel exactly
-    there (the captured step already computes the bias correction in float32 tensor ops, another
-    rounding of the released update; the fused kernel is one launch instead of one per foreach
-    op); elsewhere torch's default update, so CPU runs compute what torch.optim.Adam(lr) does."""
-    fused = args.fused_adam == "on" or (args.fused_adam == "auto" and capturable)
-    lr = torch.tensor(args.lr, device=next(model.parameters()).device) if capturable else args.lr
+def build_optimizer(model, lr, fused_adam="auto", capturable=False):
+    """torch.optim.Adam + StepLR(LR_STEP, LR_GAMMA). capturable: Adam keeps its step count and lr on
+    the device, as a CUDA graph that replays the step needs. fused_adam auto uses torch's fused
+    kernel exactly there (the captured step already computes the bias correction in float32 tensor
+    ops, another rounding of the released update; the fused kernel is one launch instead of one per
+    foreach op); elsewhere torch's default update, so CPU runs compute what torch.optim.Adam(lr) does."""
+    fused = fused_adam == "on" or (fused_adam == "auto" and capturable)
+    lr = torch.tensor(lr, device=next(model.parameters()).device) if capturable else lr
     opt = torch.optim.Adam(model.parameters(), lr=lr, capturable=capturable, fused=True if fused else None)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_STEP, gamma=LR_GAMMA)
     return opt, sched
 
 
 class Trainer:
-    """Trains one model on fixed per-video targets (video, audio, visual), (N, C) each.
+    """Trains one model on per-video targets (video, audio, visual), (N, C) each.
 
-    loss_options: mmil_loss's keyword arguments (contrastive_weight, temperature, smoothing, form),
-    from the stage's own flags.
+    loss_options: mmil_loss's keyword arguments (contrastive_weight, temperature, smoothing), from
+    the stage's own flags. set_targets() replaces the targets between epochs.
     """
 
-    def __init__(self, args, model, split, targets, device, loss_options, denoiser=None):
-        self.args, self.model, self.split, self.device = args, model, split, device
-        # stage 3's --denoise: denoiser.refresh(model, split, epoch) before each epoch, then
-        # denoiser.targets(idx) -> the batch's (audio, visual) targets (the graph path reads fixed ones)
-        self.denoiser = denoiser
+    def __init__(self, model, split, targets, device, loss_options, settings):
+        self.model, self.split, self.device = model, split, device
+        self.batch_size, self.progress = settings.batch_size, settings.progress
         self.loss_options = dict(loss_options)
         self.t_video, self.t_audio, self.t_visual = (torch.as_tensor(t, dtype=torch.float32, device=device)
                                                      for t in targets)
-        self.use_graph = device.type == "cuda" and args.graph != "off" and split.resident and denoiser is None
-        if args.graph == "on" and device.type != "cuda":
+        self.use_graph = device.type == "cuda" and settings.graph != "off" and split.resident
+        if settings.graph == "on" and device.type != "cuda":
             print("note: --graph on needs CUDA; training eagerly on", device)
-        self.opt, self.sched = build_optimizer(args, model, capturable=self.use_graph)
+        self.opt, self.sched = build_optimizer(model, settings.lr, settings.fused_adam, capturable=self.use_graph)
         self.graph = None
         self.capture_seconds = None  # (warm-up, capture), set by the epoch that captures the graph
         path = ("features on the GPU, step in one CUDA graph" if self.use_graph else
@@ -65,16 +65,18 @@ class Trainer:
         self.adam_update = "fused" if self.opt.defaults.get("fused") else "torch's default"
         print(f"training path: {path}; Adam update: {self.adam_update}")
         # batch order comes from its own generator so that resume can restore it exactly
-        self.gen = torch.Generator().manual_seed(args.seed)
+        self.gen = torch.Generator().manual_seed(settings.seed)
 
-    def loss(self, idx):
-        out = self.model(*self.split.inputs(idx))
-        t_audio, t_visual = ((self.t_audio[idx], self.t_visual[idx]) if self.denoiser is None
-                             else self.denoiser.targets(idx))
-        return mmil_loss(out, self.t_video[idx], t_audio, t_visual, **self.loss_options)[0]
+    def set_targets(self, targets):
+        """New (video, audio, visual) targets (N, C), written into the same tensors (a captured step reads them)."""
+        with torch.no_grad():
+            for t, new in zip((self.t_video, self.t_audio, self.t_visual), targets):
+                t.copy_(torch.as_tensor(new, dtype=torch.float32))
 
     def step(self, idx):
-        loss = self.loss(idx)
+        """One batch: forward, the loss against the batch's targets, backward, Adam."""
+        out = self.model(*self.split.inputs(idx))
+        loss = mmil_loss(out, self.t_video[idx], self.t_audio[idx], self.t_visual[idx], **self.loss_options)[0]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -87,7 +89,7 @@ class Trainer:
         both are snapshotted before and written back after, so capturing leaves the training
         trajectory as if it never ran.
         """
-        bs, n = self.args.batch_size, len(self.split)
+        bs, n = self.batch_size, len(self.split)
         self.static_idx = torch.arange(bs, device=self.device) % n   # (B,) the graph's input
         params = list(self.model.parameters())
         saved_p = [p.detach().clone() for p in params]
@@ -115,17 +117,16 @@ class Trainer:
                         v.copy_(saved_s[p][k]) if p in saved_s else v.zero_()
         self.capture_seconds = (t1 - t0, time.perf_counter() - t1)
 
-    def train_epoch(self, epoch):
+    def train_one_epoch(self, epoch):
+        """One pass over the train split in seeded random order; the mean loss."""
         self.model.train()
-        n, bs = len(self.split), self.args.batch_size
+        n, bs = len(self.split), self.batch_size
         perm = torch.randperm(n, generator=self.gen).to(self.device)
         nb = math.ceil(n / bs)
         losses = torch.zeros(nb, device=self.device)
-        if self.denoiser is not None:
-            self.denoiser.refresh(self.model, self.split, epoch, self.args.eval_batch_size)
         if self.use_graph and self.graph is None and n >= bs:
             self.capture()
-        bar = tqdm(range(nb), desc=f"epoch {epoch}", leave=False, disable=self.args.no_progress, mininterval=1.0)
+        bar = tqdm(range(nb), desc=f"epoch {epoch}", leave=False, disable=not self.progress, mininterval=1.0)
         for b in bar:
             idx = perm[b * bs:(b + 1) * bs]
             if self.graph is not None and len(idx) == bs:
@@ -199,58 +200,68 @@ def set_rng_state(s, gen):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def fit(args, trainer, val, test, stage, device, extra=None):
-    """Train for args.epochs (resuming if asked), evaluating val each epoch; keep the last epoch.
+def fit(model, train, targets, val, test, loss_options, settings, stage, device, extra=None, refresh_targets=None):
+    """Train `model` on the train split for settings.epochs (resuming if asked), evaluating val each
+    epoch; keep the last epoch. Returns the test metrics.
 
-    The checkpoint is written atomically after every epoch but the last (so --resume and kill -9
-    are safe), then val_metrics.json; finally test is evaluated, test_metrics.json written and
-    the last epoch's checkpoint with its val and test metrics (written once).
+    targets: (video, audio, visual) (N, C) per-video targets; refresh_targets: None, or a function
+    (model, epoch) -> new targets, called before each epoch (stage 3's --denoise joint). extra: more
+    checkpoint entries. The checkpoint is written atomically after every epoch but the last (so
+    --resume and kill -9 are safe), then val_metrics.json; finally test is evaluated,
+    test_metrics.json written and the last epoch's checkpoint with its val and test metrics.
     """
-    path = checkpoint_path(args)
-    ensure_writable_dir(args.model_save_dir, "--model_save_dir")  # fail now, not after the first epoch
+    out = settings.model_save_dir
+    path = os.path.join(out, settings.checkpoint)
+    ensure_writable_dir(out, "--model_save_dir")  # fail now, not after the first epoch
+    trainer = Trainer(model, train, targets, device, loss_options, settings)
     start = 1
-    if args.resume and os.path.isfile(path):
+    if settings.resume and os.path.isfile(path):
         ckpt = load_checkpoint(path)
         if ckpt.get("stage") != stage:
             raise AVVPError(f"{path}: checkpoint is from {ckpt.get('stage')}, cannot resume {stage}")
-        load_model_strict(trainer.model, ckpt, path)
+        load_model_strict(model, ckpt, path)
         try:
             trainer.load_state(ckpt)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise AVVPError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e})") from None
         start = ckpt["epoch"] + 1
         print(f"resuming {path} after epoch {ckpt['epoch']}")
-    elif args.resume:
+    elif settings.resume:
         print(f"--resume: no checkpoint at {path}, starting from scratch")
+    save = (lambda epoch, metrics: save_checkpoint(path, trainer.state(), settings.run_args, epoch, metrics,
+                                                   stage, extra))
     metrics = None
     last = start - 1  # the epoch the trainer's state belongs to
-    for epoch in range(start, args.epochs + 1):
+    for epoch in range(start, settings.epochs + 1):
+        if refresh_targets is not None:
+            trainer.set_targets(refresh_targets(model, epoch))
         captured = trainer.graph is not None
         with clock("train"):
-            loss = trainer.train_epoch(epoch)
+            loss = trainer.train_one_epoch(epoch)
         train_s = clock.last
         with clock("val"):
-            metrics = evaluate(trainer.model, val, args.eval_batch_size)
+            metrics = evaluate(model, val, settings.eval_batch_size)
         cap = ""
         if not captured and trainer.graph is not None:  # the epoch that captured the graph says what it cost
             cap = " (graph warm-up {:.2f}s, capture {:.2f}s)".format(*trainer.capture_seconds)
-        print(f"epoch {epoch:3d}/{args.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
+        print(f"epoch {epoch:3d}/{settings.epochs} loss {loss:.4f} lr {trainer.lr():.2e} "
               f"train {train_s:.2f}s{cap} val {clock.last:.2f}s | val {metrics_line(metrics)}", flush=True)
         last = epoch
-        if epoch < args.epochs:  # the last epoch's state is written once, below, with its test metrics
+        if epoch < settings.epochs:  # the last epoch's state is written once, below, with its test metrics
             with clock("save"):
-                save_checkpoint(path, trainer, args, epoch, {"val": metrics}, stage, extra)
+                save(epoch, {"val": metrics})
     if metrics is not None:
-        write_metrics(os.path.join(args.model_save_dir, "val_metrics.json"), metrics, {"epoch": args.epochs})
+        write_metrics(os.path.join(out, "val_metrics.json"), metrics, {"epoch": settings.epochs})
     with clock("test"):
-        test_metrics = evaluate(trainer.model, test, args.eval_batch_size)
+        test_metrics = evaluate(model, test, settings.eval_batch_size)
     print(llp_eval.format_table(test_metrics, title=f"{stage}: test set ({len(test)} videos), last epoch"))
-    write_metrics(os.path.join(args.model_save_dir, "test_metrics.json"), test_metrics, {"epoch": args.epochs})
+    write_metrics(os.path.join(out, "test_metrics.json"), test_metrics, {"epoch": settings.epochs})
     with clock("save"):
         # after --epochs 0: the initial weights as epoch 0, an untrained reference the next stage can load
-        save_checkpoint(path, trainer, args, last, {"val": metrics, "test": test_metrics}, stage, extra)
+        save(last, {"val": metrics, "test": test_metrics})
     print(memory_line(device))
     print(clock.line())
+    print(f"saved {path}")
     return test_metrics
 
 
@@ -260,22 +271,18 @@ def folds(n, k, seed):
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def train_folds(args, train, targets, val, test, stage, device, loss_options, extra=None):
+def train_folds(k_folds, frame_pool, train, targets, val, test, loss_options, settings, stage, device, extra=None):
     """The cross-fitting models of --folds K: model k trains on every train video outside seeded fold
     k, with the same targets, recipe and seed, into <model_save_dir>/fold<k>of<K>/, and its checkpoint
     names the videos it never saw (fold -> heldout), so that stage 2 --folds K reads every train
     video with a model blind to it. targets: (video, audio, visual) arrays (N, 25) of the whole
-    split; loss_options: the stage's, as for Trainer; extra: more checkpoint entries, as for fit."""
-    for k, rows in enumerate(folds(len(train), args.folds, args.seed), start=1):
-        fold_args = copy.copy(args)
-        fold_args.model_save_dir = fold_dir(args.model_save_dir, k, args.folds)
+    split; the rest as for fit."""
+    for k, rows in enumerate(folds(len(train), k_folds, settings.seed), start=1):
+        fold_settings = settings._replace(model_save_dir=fold_dir(settings.model_save_dir, k, k_folds))
         keep = np.setdiff1d(np.arange(len(train)), rows)                          # (N - |fold k|,)
-        seed_everything(args.seed)
-        net = MMIL_Net(frame_pool=args.frame_pool, stack_modalities=args.stack_modalities).to(device)
-        trainer = Trainer(fold_args, net, train.subset(keep), tuple(np.asarray(t)[keep] for t in targets), device,
-                          loss_options)
-        print(f"{stage} fold {k}/{args.folds}: training on {len(keep)} videos, {len(rows)} held out")
+        seed_everything(settings.seed)
+        net = MMIL_Net(frame_pool=frame_pool).to(device)
+        print(f"{stage} fold {k}/{k_folds}: training on {len(keep)} videos, {len(rows)} held out")
         heldout = [train.filenames[i] for i in rows]
-        fit(fold_args, trainer, val, test, stage, device,
-            extra={**(extra or {}), "fold": {"k": k, "folds": args.folds, "heldout": heldout}})
-        print(f"saved {checkpoint_path(fold_args)}")
+        fit(net, train.subset(keep), tuple(np.asarray(t)[keep] for t in targets), val, test, loss_options,
+            fold_settings, stage, device, extra={**(extra or {}), "fold": {"k": k, "folds": k_folds, "heldout": heldout}})
