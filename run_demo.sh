@@ -4,7 +4,7 @@
 #   bash run_demo.sh --quick    tiny set under runs/quick/, 1 epoch per stage (smoke run, ~1 min)
 set -euo pipefail
 cd "$(dirname "$0")"
-python -c "import avvp, torch, pandas, tqdm" 2>/dev/null || python -m pip install -q -r requirements.txt
+python -c "import avvp, torch, pandas, tqdm, sklearn" 2>/dev/null || python -m pip install -q -r requirements.txt
 
 if [ "${1:-}" = "--quick" ]; then
   root=$(pwd)/runs/quick; data=$root/data; feats=$root/feats

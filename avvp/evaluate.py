@@ -1,6 +1,7 @@
 """The LLP evaluation protocol (segment- and event-level F-scores), vectorized over videos.
 
-Semantics are those of the released HAN / MA evaluation code (see METHOD.md section 6):
+Semantics are those of the released HAN / MA evaluation code, written plainly, one video at a time,
+in avvp/evaluate_reference.py (docs/METHOD.md, "The evaluation"):
 
 - predictions: audio (c, t) on iff segment prob >= 0.5 and video-level audio prob of c >= 0.5,
   visual likewise; audio-visual = audio AND visual, for predictions and for the truth;

@@ -1,4 +1,4 @@
-"""Decode a video the way the LLP features were made (METHOD.md section 9), with PyAV.
+"""Decode a video the way the LLP features were made (docs/FEATURE_EXTRACTION.md), with PyAV.
 
 Frames: ffmpeg's `-r 8` constant-frame-rate selection, emulated from the decoded frames'
 timestamps, over the first 10 s (~82 frames), then 80 of them picked with np.linspace as HAN's

@@ -36,24 +36,22 @@ WEAK_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP
 EVAL_FILES = {"audio": "AVVP_eval_audio.csv", "visual": "AVVP_eval_visual.csv"}
 MODALITY_COLUMNS = ["filename", "event_labels", "audio_labels", "visual_labels"]
 
-# A LLP filename is a YouTube id, then _start_end in seconds (a few ids in the upstream eval
-# files lost leading characters: such rows are well-formed but name no video of the splits).
-FILENAME_RE = re.compile(r"^[A-Za-z0-9_-]+_\d+(?:\.\d+)?_\d+(?:\.\d+)?$")
+# An LLP filename: `<id>_<start>_<end>`, the id a YouTube id of YOUTUBE_ID characters and the clip's
+# start and end in seconds. A few ids in the upstream eval files lost leading characters: such rows
+# are well-formed but name no video of the splits.
+FILENAME_RE = re.compile(r"^(?P<id>[A-Za-z0-9_-]+)_\d+(?:\.\d+)?_\d+(?:\.\d+)?$")
+YOUTUBE_ID = 11
 
 
 class MalformedRowWarning(UserWarning):
     pass
 
 
-# an LLP filename: the 11-character YouTube id, then the clip's start and end seconds
-_LLP_NAME = re.compile(r"^(.{11})_\d+(\.\d+)?_\d+(\.\d+)?$")
-
-
 def video_id(filename):
-    """The stem of a video's feature files: the YouTube id of an LLP filename (`<id>_<start>_<end>`),
-    any other name as it is (videos of one's own, named by their file's stem)."""
-    m = _LLP_NAME.match(filename)
-    return m.group(1) if m else filename
+    """The stem of a video's feature files: the YouTube id of an LLP filename (FILENAME_RE with an id
+    of YOUTUBE_ID characters), any other name as it is (videos of one's own, named by their stem)."""
+    m = FILENAME_RE.match(filename)
+    return m.group("id") if m and len(m.group("id")) == YOUTUBE_ID else filename
 
 
 # ----------------------------------------------------------------------------- reading

@@ -55,6 +55,12 @@ def add_parse_args(p):
 
 # ----------------------------------------------------------------------------- input
 
+def parse_dirs(parse_dir, default_dirs):
+    """The feature folders of --parse_dir DIR: DIR/<vggish|res152|r2plus1d_18>; bare --parse_dir ("")
+    keeps the stage's own (--audio_dir, --video_dir, --st_dir)."""
+    return features.modality_dirs(parse_dir) if parse_dir else dict(default_dirs)
+
+
 def video_ids(dirs):
     """Sorted ids (file name stems) with a .npy in every folder of `dirs`; notes ids found only in some."""
     sets = {}
@@ -91,7 +97,7 @@ def load_input(source, parse_dir, label, eval_audio, eval_visual, device):
     vggish/, res152/, r2plus1d_18/, or "" for source's folders), or the videos of a label file with
     dense truth attached when the eval files name them."""
     if parse_dir is not None:
-        dirs = features.modality_dirs(parse_dir) if parse_dir else source.dirs
+        dirs = parse_dirs(parse_dir, source.dirs)
         ids = video_ids(dirs)
         return load_split(source._replace(dirs=dirs), f"--parse_dir {' '.join(dirs.values())}", device,
                           name="parse", filenames=ids)

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from avvp import llp, synth  # noqa: E402
 from avvp.report import drop_quality  # noqa: E402
 from avvp.config import path_args  # noqa: E402
-from pipeline import oracle_csv, stage, train_presence, truth_flags  # noqa: E402
+from pipeline import oracle_csv, shown, stage, train_presence, truth_flags  # noqa: E402
 
 STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type@AV",
                "evt_type": "evt Type@AV"}
@@ -243,7 +243,7 @@ def main():
 
     head = ["estimator", "drop A P", "drop A R", "drop A F1", "drop V P", "drop V R", "drop V F1",
             *STAGE3_KEYS.values()]
-    lines = [f"Synthetic set {data}, test split; mean +- std over seeds {a.seeds}; stage-2 drops scored against the "
+    lines = [f"Synthetic set {shown(data)}, test split; mean +- std over seeds {a.seeds}; stage-2 drops scored against the "
              "train truth; the metrics are stage 3's (stage1: the base model)"
              + ("; every stage on one CPU thread." if threads else "."), "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -273,7 +273,7 @@ def main():
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": str(data), "threads": 1 if threads else
+    out.with_suffix(".json").write_text(json.dumps({"seeds": a.seeds, "data": shown(data), "threads": 1 if threads else
                                                     "default", "scores": scores, "quality": quality,
                                                     f"visual_precision_at_recall_{RECALL}": ranked,
                                                     **({"visual_f_per_class": per_class} if per_class else {})},

@@ -26,10 +26,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
 sys.path.insert(0, str(ROOT))
 from avvp import llp, synth  # noqa: E402
 from avvp.config import path_args  # noqa: E402
 from avvp.evaluate import KEYS  # noqa: E402
+
+
+def shown(path):
+    """A path as a results file records it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
 
 NAMES = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type", "seg_event": "seg Event",
          "evt_a": "evt A", "evt_v": "evt V", "evt_av": "evt AV", "evt_type": "evt Type", "evt_event": "evt Event"}
@@ -150,7 +158,7 @@ def main():
                 if f.is_file():
                     qs[s] = json.loads(f.read_text())["quality"]
 
-    lines = [f"Synthetic LLP set in {data} ({len(llp.read_weak(data / llp.WEAK_FILES['train']).filenames)} train videos), test split; mean +- std over seeds {a.seeds}; "
+    lines = [f"Synthetic LLP set in {shown(data)} ({len(llp.read_weak(data / llp.WEAK_FILES['train']).filenames)} train videos), test split; mean +- std over seeds {a.seeds}; "
              f"{a.epochs} epochs, last epoch, batch 16; stage flags: {a.stage_args or '(defaults)'}.", "",
              "| method | " + " | ".join(NAMES[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     summary = {}

@@ -4,9 +4,9 @@ alone, with MA's audio-visual contrastive term (`--contrastive_weight 0`: the HA
 Without modality labels, each weak label y is the target of the video, of the audio and of the
 visual prediction; the visual one is smoothed, since a weak label says little about what is seen.
 """
-from avvp.model import MMIL_Net, smoothed_visual  # noqa: F401  (MMIL_Net: what main_avvp.py trains)
-
 import numpy as np
+
+from avvp.model import MMIL_Net, smoothed_visual  # noqa: F401  (MMIL_Net: the network main_avvp.py trains)
 
 
 def targets(labels, visual_smoothing):

@@ -3,7 +3,7 @@ modality-aware labels of stage 2: a label stage 2 dropped from one modality is n
 modality's target (--denoise joint instead redraws the drops as it trains: denoise.py)."""
 import numpy as np
 
-from avvp.model import MMIL_Net, smoothed_visual  # noqa: F401  (MMIL_Net: what main_avvp.py trains)
+from avvp.model import MMIL_Net, smoothed_visual  # noqa: F401  (MMIL_Net: the network main_avvp.py trains)
 
 
 def targets(weak, audio, visual, visual_smoothing=0.1, quirk=True, smooth_dropped=True):

@@ -17,6 +17,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the real LLP annotation files (and one LLP video), when the tester has them: AVVP_LLP_DIR=<folder>
+LLP_DIR = Path(os.environ["AVVP_LLP_DIR"]) if os.environ.get("AVVP_LLP_DIR") else None
+LLP_SKIP = "real LLP files not given: set AVVP_LLP_DIR to the folder that holds them"
+
+
+def llp_file(name):
+    """A file of AVVP_LLP_DIR, or a clean skip when the folder or the file is not there."""
+    if LLP_DIR is None or not (LLP_DIR / name).is_file():
+        pytest.skip(LLP_SKIP if LLP_DIR is None else f"{LLP_DIR / name} not present")
+    return LLP_DIR / name
 STAGE1, STAGE2, STAGE3 = "step1_train_base_model", "step2_find_exchange", "step3_retrain"
 TINY_SIZES = dict(num_train=32, num_val=8, num_test=8, seed=1)
 
@@ -116,11 +126,13 @@ _STAGE_MAINS = {}
 
 
 def load_stage_main(step):
-    """Import a stage's main_avvp.py in-process (its own dataloader.py / model.py, not another stage's)."""
+    """Import a stage's main_avvp.py in-process with its own modules (dataloader.py, model.py, ...),
+    not another stage's nor a same-named module imported before (benchmarks/estimators.py)."""
     if step in _STAGE_MAINS:
         return _STAGE_MAINS[step]
     folder = str(ROOT / step)
-    shadowed = {k: sys.modules.pop(k) for k in ("dataloader", "model") if k in sys.modules}
+    local = [p.stem for p in (ROOT / step).glob("*.py") if p.stem != "main_avvp"]
+    shadowed = {k: sys.modules.pop(k) for k in local if k in sys.modules}
     sys.path.insert(0, folder)
     try:
         spec = importlib.util.spec_from_file_location(f"_stage_main_{step}", ROOT / step / "main_avvp.py")
@@ -128,7 +140,7 @@ def load_stage_main(step):
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(folder)
-        for k in ("dataloader", "model"):
+        for k in local:
             sys.modules.pop(k, None)
         sys.modules.update(shadowed)
     _STAGE_MAINS[step] = mod

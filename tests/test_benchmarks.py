@@ -80,7 +80,7 @@ def test_estimators_runs_seeds_side_by_side_and_tabulates_each_row(tiny_llp, tmp
         # one stage-1 run per seed: the released stage 2 reads its base model, robust its fold models
         assert (w / "stage1" / "fold2of2" / "MMIL_Net.pt").is_file()
         meta = json.loads((w / "stage2_robust" / "estimate_meta.json").read_text())
-        assert meta["args"]["calibrate"] == "val" and len(meta["fold_checkpoints"]) == 2
+        assert meta["args"]["estimator"] == "calibrated" and len(meta["fold_checkpoints"]) == 2
         assert "--threads 1" in (w / "log.txt").read_text()
         got = json.loads((w / "stage3_robust" / "test_metrics.json").read_text())
         assert res["scores"]["robust"][s - 1]["seg_v"] == got["seg_v"]

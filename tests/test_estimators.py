@@ -64,8 +64,7 @@ def test_partners(tiny_llp, stage1_out, tmp_path):
 def test_joint_drops_by_hand():
     import torch
     from conftest import STAGE3, load_stage_main
-    load_stage_main(STAGE3)
-    import denoise
+    denoise = load_stage_main(STAGE3).denoise
     # one class, 5 labelled videos and one without the label; visual losses high for 0, 1, 2,
     # audio losses low for 1, 2, 3: with ratio 0.4, n = floor(0.4 * 5) = 2, so the two largest
     # visual losses (0, 1) meet the two smallest audio losses (1, 2) at video 1 only

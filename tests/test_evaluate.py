@@ -1,4 +1,4 @@
-"""Tests of avvp.evaluate: the LLP protocol against a loop reference, hand-computed cases, CLI, real files."""
+"""Tests of avvp.evaluate: the LLP protocol against its plain reference (avvp/evaluate_reference.py), hand-computed cases, CLI, real files."""
 import json
 import subprocess
 import sys
@@ -10,77 +10,13 @@ import pytest
 import torch
 
 from avvp import evaluate as E
+from avvp.evaluate_reference import event_counts, llp_scores as ref_scores, segment_counts
 from avvp.llp import CLASSES, CLASS_INDEX, MalformedRowWarning, read_dense, read_dense_matrix, read_weak
 from avvp.errors import AVVPError
+from conftest import llp_file
 
 REPO = Path(__file__).resolve().parents[1]
-LLP_DIR = Path(__file__).resolve().parents[2] / "shared" / "llp"
 KEYS = ["seg_a", "seg_v", "seg_av", "seg_type", "seg_event", "evt_a", "evt_v", "evt_av", "evt_type", "evt_event"]
-
-
-# ----------------------------------------------------------------------------- loop reference
-# One video at a time, one class at a time, runs as sets of segment indices.
-
-def ref_runs(seq):
-    runs, t = [], 0
-    while t < len(seq):
-        if seq[t]:
-            start = t
-            while t < len(seq) and seq[t]:
-                t += 1
-            runs.append(set(range(start, t)))
-        else:
-            t += 1
-    return runs
-
-
-def ref_segment_counts(p, g):
-    tp = sum(1 for a, b in zip(p, g) if a and b)
-    fp = sum(1 for a, b in zip(p, g) if a and not b)
-    fn = sum(1 for a, b in zip(p, g) if not a and b)
-    return tp, fp, fn
-
-
-def ref_event_counts(p, g):
-    pred, true = ref_runs(p), ref_runs(g)
-
-    def hit(x, y):
-        return len(x & y) >= 0.5 * len(x | y)
-
-    tp = sum(1 for x in pred if any(hit(x, y) for y in true))
-    fp = len(pred) - tp
-    fn = sum(1 for y in true if not any(hit(x, y) for x in pred))
-    return tp, fp, fn
-
-
-def ref_f(counts):
-    fs = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in counts if (tp + fp) != 0 or (tp + fn) != 0]
-    return sum(fs) / len(fs) if fs else 1.0
-
-
-def ref_video(pa, pv, ga, gv):
-    """(25, 10) lists of 0/1 -> dict of the 8 per-video scores (fractions)."""
-    pav = [[int(a and v) for a, v in zip(ra, rv)] for ra, rv in zip(pa, pv)]
-    gav = [[int(a and v) for a, v in zip(ra, rv)] for ra, rv in zip(ga, gv)]
-    out = {}
-    for level, count in (("seg", ref_segment_counts), ("evt", ref_event_counts)):
-        ca = [count(pa[c], ga[c]) for c in range(25)]
-        cv = [count(pv[c], gv[c]) for c in range(25)]
-        cav = [count(pav[c], gav[c]) for c in range(25)]
-        pooled = [tuple(x + y for x, y in zip(a, v)) for a, v in zip(ca, cv)]
-        out[f"{level}_a"], out[f"{level}_v"] = ref_f(ca), ref_f(cv)
-        out[f"{level}_av"], out[f"{level}_event"] = ref_f(cav), ref_f(pooled)
-    return out
-
-
-def ref_scores(PA, PV, GA, GV):
-    per = [ref_video(*(np.asarray(x[i]).tolist() for x in (PA, PV, GA, GV))) for i in range(len(PA))]
-    out = {}
-    for level in ("seg", "evt"):
-        for k in ("a", "v", "av", "event"):
-            out[f"{level}_{k}"] = 100.0 * sum(d[f"{level}_{k}"] for d in per) / len(per)
-        out[f"{level}_type"] = (out[f"{level}_a"] + out[f"{level}_v"] + out[f"{level}_av"]) / 3
-    return out
 
 
 # ----------------------------------------------------------------------------- random LLP-like videos
@@ -210,8 +146,8 @@ def test_every_pair_of_single_runs_matches_reference():
     evt, seg = E._event_counts(pc, gc), E._segment_counts(pc, gc)
     for k in range(n * n):
         p, g = PA[k, 3].tolist(), GA[k, 3].tolist()
-        assert (evt[0][k, 3], evt[1][k, 3], evt[2][k, 3]) == ref_event_counts(p, g), (p, g)
-        assert (seg[0][k, 3], seg[1][k, 3], seg[2][k, 3]) == ref_segment_counts(p, g), (p, g)
+        assert (evt[0][k, 3], evt[1][k, 3], evt[2][k, 3]) == event_counts(p, g), (p, g)
+        assert (seg[0][k, 3], seg[1][k, 3], seg[2][k, 3]) == segment_counts(p, g), (p, g)
     assert (evt[0][:, np.arange(25) != 3] == 0).all()
 
 
@@ -492,12 +428,6 @@ def test_predictions_of_wrong_split_warn(small_files, tmp_path):
 
 
 # ----------------------------------------------------------------------------- real LLP files
-
-def llp_file(name):
-    if not LLP_DIR.is_dir():
-        pytest.skip(f"{LLP_DIR} not present")
-    return LLP_DIR / name
-
 
 def test_real_test_split_truth_against_itself():
     split, ea, ev = (llp_file(n) for n in ("AVVP_test_pd.csv", "AVVP_eval_audio.csv", "AVVP_eval_visual.csv"))

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,9 +21,8 @@ from avvp import extract, extract_media as media, extract_nets as nets  # noqa: 
 from avvp.synth_video import FPS_IN, frame_index, make_clip  # noqa: E402
 from avvp.errors import AVVPError  # noqa: E402
 
-from conftest import ROOT, STAGE1, run_stage  # noqa: E402
+from conftest import ROOT, STAGE1, llp_file, run_stage  # noqa: E402
 
-LLP_VIDEO = ROOT.parent / "shared" / "llp" / "BjCEufrlXm4.mp4"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IDS = {"tone": "tone_0_10", "mute": "mute_0_10", "short": "short_0_4"}  # the clips' feature ids (stems)
 
@@ -71,8 +69,8 @@ def test_frames_of_a_clip_follow_their_timestamps(clips):
     assert picked == index[media.pick_frames(82)].tolist() and picked[-1] == 249
 
 
-@pytest.mark.skipif(not LLP_VIDEO.is_file(), reason="../shared/llp/BjCEufrlXm4.mp4 not present")
 def test_llp_video_gives_ffmpegs_82_frames(tmp_path):
+    LLP_VIDEO = llp_file("BjCEufrlXm4.mp4")
     with av.open(str(LLP_VIDEO)) as c:
         frames, times = media.decode_frames(c, LLP_VIDEO)
     assert len(frames) == 82 and frames[0].shape == (240, 320, 3)

@@ -103,22 +103,20 @@ def test_load_feature_accepts_float16_32_64_and_names_the_file_at_fault(tmp_path
 
 
 def test_auto_cache_covers_every_split_of_a_large_dataset_and_none_of_a_small_one(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from avvp import data
     names = [f"vid{i:08d}_0_10" for i in range(6)]
     dirs = write_videos(tmp_path, names)
     (tmp_path / "vggish" / "notes.txt").write_text("not a video")
     assert features.count_videos(dirs["audio"]) == 6 and features.count_videos(dirs["audio"], stop=4) == 4
-    auto = SimpleNamespace(feature_cache="auto")
+    auto = "auto"
     monkeypatch.setattr(data, "CACHE_MIN_VIDEOS", 6)  # the folder counts as "large": a 2-video split is cached
     assert data.use_cache(auto, dirs, 2) is True
     monkeypatch.setattr(data, "CACHE_MIN_VIDEOS", 7)  # one video short: read per file
     assert data.use_cache(auto, dirs, 2) is False
     assert data.use_cache(auto, dirs, 7) is True  # a split that large on its own
-    assert data.use_cache(SimpleNamespace(feature_cache="on"), dirs, 2) is True
+    assert data.use_cache("on", dirs, 2) is True
     monkeypatch.setattr(data, "CACHE_MIN_VIDEOS", 1)
-    assert data.use_cache(SimpleNamespace(feature_cache="off"), dirs, 2) is False
+    assert data.use_cache("off", dirs, 2) is False
 
 
 def test_one_stat_per_file_feeds_the_missing_check_and_the_cache_key(tmp_path):

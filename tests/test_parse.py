@@ -204,11 +204,9 @@ def test_require_matplotlib_in_process(monkeypatch):
 
 
 def test_parse_dir_folders_and_partial_ids(tmp_path, capsys):
-    import argparse
-    flags = argparse.Namespace(parse_dir="", audio_dir="a/", video_dir="v/", st_dir="s/")
-    assert parse.parse_dirs(flags) == {"audio": "a/", "video": "v/", "st": "s/"}      # bare --parse_dir
-    flags.parse_dir = str(tmp_path)
-    dirs = parse.parse_dirs(flags)
+    own = {"audio": "a/", "video": "v/", "st": "s/"}
+    assert parse.parse_dirs("", own) == {"audio": "a/", "video": "v/", "st": "s/"}      # bare --parse_dir
+    dirs = parse.parse_dirs(str(tmp_path), own)
     assert dirs == {"audio": str(tmp_path / "vggish"), "video": str(tmp_path / "res152"),
                     "st": str(tmp_path / "r2plus1d_18")}
     with pytest.raises(AVVPError, match="vggish: feature folder not found"):

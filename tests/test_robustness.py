@@ -7,6 +7,7 @@ boundary is the point (stderr format, SIGKILL). Tiny data: 32/8/8 synthetic vide
 """
 import errno
 import json
+import contextlib
 import os
 import random
 import signal
@@ -20,7 +21,7 @@ import torch
 
 import avvp.files
 import avvp.llp
-import avvp.training
+import avvp.engine
 from avvp import llp
 from avvp.errors import AVVPError, cli
 from avvp.files import atomic_group, atomic_path, atomic_write_text
@@ -31,7 +32,15 @@ from conftest import ROOT, STAGE1, STAGE2, STAGE3, call_stage, run_stage, stage_
 CPU = ["--device", "cpu", "--batch-size", "16"]        # 32 train videos: 2 batches per epoch
 CPU2 = ["--device", "cpu"]                               # stage 2 trains nothing: no batch size
 TRAIN1 = ["--mode", "train", *CPU]
-RESUME_ARGS = ["--lr_step", "1", "--lr_gamma", "0.5"]   # the lr changes every epoch: scheduler state matters
+
+
+@contextlib.contextmanager
+def lr_every_epoch():
+    """StepLR(1, 0.5) in this process: the lr changes every epoch, so the scheduler state matters."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(avvp.engine, "LR_STEP", 1)
+        mp.setattr(avvp.engine, "LR_GAMMA", 0.5)
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,7 +83,8 @@ def no_temp_files(folder):
 def reference_2_epochs(tiny_llp, tmp_path_factory):
     """An uninterrupted 2-epoch stage-1 run with a per-epoch lr step: the target of the resume tests."""
     tmp = tmp_path_factory.mktemp("ref2")
-    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS, "--epochs", "2"], tmp)
+    with lr_every_epoch():
+        code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", "2"], tmp)
     assert code == 0, err
     return tmp / "models_step1"
 
@@ -89,7 +99,6 @@ BAD_FLAGS = [  # (stage folders, flag, value, what the error says about the valu
     ((STAGE1, STAGE3), "--temperature", "-1", "-1 is not a finite number > 0"),
     ((STAGE1, STAGE3), "--batch-size", "0", "0 is not a finite number >= 1"),
     ((STAGE1, STAGE3), "--batch-size", "1.5", "'1.5' is not an integer"),
-    ((STAGE1, STAGE3), "--lr_gamma", "2", "2 is not a finite number > 0 and <= 1"),
     ((STAGE1, STAGE3), "--epochs", "-1", "-1 is not a finite number >= 0"),
     ((STAGE1, STAGE3), "--contrastive_smoothing", "1", "1 is not a finite number >= 0 and < 1"),
     ((STAGE1, STAGE3), "--visual_smoothing", "1.5", "1.5 is not a finite number >= 0 and <= 1"),
@@ -126,7 +135,8 @@ def test_a_bad_flag_value_is_one_error_line_naming_the_flag(tiny_llp, tmp_path, 
     (STAGE3, ["--no-fused_adam"], "unrecognized arguments: --no-fused_adam"),
     (STAGE1, ["--fused_adam"], "argument --fused_adam: expected one argument"),
     (STAGE1, ["--fused_adam", "yes"], "argument --fused_adam: invalid choice: 'yes'"),
-    (STAGE3, ["--no-stack_modalities"], "unrecognized arguments: --no-stack_modalities"),
+    (STAGE3, ["--stack_modalities"], "unrecognized arguments: --stack_modalities"),
+    (STAGE2, ["--estimator", "oracle"], "argument --estimator: invalid choice: 'oracle'"),
 ], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
 def test_a_flag_the_stage_does_not_have_is_one_error_line(step, argv, says):
     _one_error_line(*call_stage(step, argv), says)
@@ -134,14 +144,13 @@ def test_a_flag_the_stage_does_not_have_is_one_error_line(step, argv, says):
 
 def test_boundary_flag_values_are_accepted():
     from conftest import stage_args
-    a = stage_args(STAGE1, "--lr_gamma", "1", "--epochs", "0", "--contrastive_weight", "0", "--visual_smoothing", "1",
-                   "--contrastive_smoothing", "0", "--batch-size", "1", "--lr", "1e-9", "--fused_adam", "off",
-                   "--stack_modalities")
-    assert (a.lr_gamma, a.epochs, a.contrastive_weight, a.visual_smoothing, a.contrastive_smoothing, a.batch_size,
-            a.lr, a.fused_adam, a.stack_modalities) == (1.0, 0, 0.0, 1.0, 0.0, 1, 1e-9, "off", True)
+    a = stage_args(STAGE1, "--epochs", "0", "--contrastive_weight", "0", "--visual_smoothing", "1",
+                   "--contrastive_smoothing", "0", "--batch-size", "1", "--lr", "1e-9", "--fused_adam", "off")
+    assert (a.epochs, a.contrastive_weight, a.visual_smoothing, a.contrastive_smoothing, a.batch_size,
+            a.lr, a.fused_adam) == (0, 0.0, 1.0, 0.0, 1, 1e-9, "off")
     assert isinstance(a.epochs, int) and isinstance(a.batch_size, int)
-    b = stage_args(STAGE2, "--threshold_factor", "0", "--error_scale", "none")
-    assert (b.threshold_factor, b.error_scale) == (0.0, "none")
+    b = stage_args(STAGE2, "--threshold_factor", "0", "--estimator", "calibrated")
+    assert (b.threshold_factor, b.estimator) == (0.0, "calibrated")
     assert not hasattr(b, "epochs") and not hasattr(b, "lr") and not hasattr(b, "graph")
 
 
@@ -572,8 +581,8 @@ def test_stage2_scores_drops_only_against_truth_that_describes_its_train_videos(
     assert "(zzzzzzzzzzz_0_10 is not a train video)" in out and "quality" not in meta
 
 
-def test_calibrate_val_needs_the_val_splits_truth(tiny_llp, stage1_out, tmp_path):
-    """--calibrate val learns from the val videos' dense truth; eval files that leave val out would
+def test_calibrated_estimator_needs_the_val_splits_truth(tiny_llp, stage1_out, tmp_path):
+    """--estimator calibrated learns from the val videos' dense truth; eval files that leave val out would
     make every val label 'absent' in both modalities: a one-line error naming the files, no output."""
     test_only = tmp_path / "eval"
     test_only.mkdir()
@@ -586,7 +595,7 @@ def test_calibrate_val_needs_the_val_splits_truth(tiny_llp, stage1_out, tmp_path
     code, out, err = call_stage(STAGE2, [*CPU2, *tiny_llp.args(eval_audio=test_only / "AVVP_eval_audio.csv",
                                                               eval_visual=test_only / "AVVP_eval_visual.csv"),
                                          "--model_save_dir", stage1_out / "models_step1", "--output_dir", out_dir,
-                                         "--calibrate", "val"], tmp_path)
+                                         "--estimator", "calibrated"], tmp_path)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"{test_only / 'AVVP_eval_audio.csv'}" in err and "describes 0 of the 8 val videos" in err
     assert not out_dir.exists() or not any(out_dir.iterdir())
@@ -683,10 +692,11 @@ def _assert_same_run(a, b):
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_llp, reference_2_epochs, tmp_path):
-    base = [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS]
-    code, out, err = call_stage(STAGE1, [*base, "--epochs", "1"], tmp_path)
-    assert code == 0, err
-    code, out, err = call_stage(STAGE1, [*base, "--epochs", "2", "--resume"], tmp_path)
+    base = [*TRAIN1, *tiny_llp.args()]
+    with lr_every_epoch():
+        code, out, err = call_stage(STAGE1, [*base, "--epochs", "1"], tmp_path)
+        assert code == 0, err
+        code, out, err = call_stage(STAGE1, [*base, "--epochs", "2", "--resume"], tmp_path)
     assert code == 0, err
     assert "after epoch 1" in out and "epoch   1/2" not in out and "epoch   2/2" in out
     ckpt = weights(tmp_path / "models_step1" / "MMIL_Net.pt")
@@ -702,8 +712,9 @@ def test_resume_of_a_checkpoint_saved_with_another_optimizer_implementation(tiny
     the optimizer keeps this process's way of computing the update: torch would take the saved flags
     (capturable alone fails on CPU tensors, fused computes other float sums), and the resumed run
     would then not end like the uninterrupted CPU run."""
-    base = [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS]
-    code, out, err = call_stage(STAGE1, [*base, "--epochs", "1"], tmp_path)
+    base = [*TRAIN1, *tiny_llp.args()]
+    with lr_every_epoch():
+        code, out, err = call_stage(STAGE1, [*base, "--epochs", "1"], tmp_path)
     assert code == 0, err
     path = tmp_path / "models_step1" / "MMIL_Net.pt"
     ckpt = weights(path)
@@ -719,7 +730,8 @@ def test_resume_of_a_checkpoint_saved_with_another_optimizer_implementation(tiny
             p.grad = torch.zeros_like(p)
         with pytest.raises(Exception, match="capturable"):
             opt.step()
-    code, out, err = call_stage(STAGE1, [*base, "--epochs", "2", "--resume"], tmp_path)
+    with lr_every_epoch():
+        code, out, err = call_stage(STAGE1, [*base, "--epochs", "2", "--resume"], tmp_path)
     assert code == 0, err
     assert "after epoch 1" in out and "epoch   2/2" in out
     resumed = weights(path)
@@ -735,13 +747,13 @@ def _fresh_net():
     return MMIL_Net()
 
 
-def test_resume_after_sigkill_of_a_real_training_run(tiny_llp, reference_2_epochs, tmp_path):
+def test_resume_after_sigkill_of_a_real_training_run(tiny_llp, tmp_path):
     """Stage 1 in a real process is SIGKILLed as soon as its epoch-1 checkpoint lands (it is then
     inside epoch 2 of 6); --resume continues from the last completed epoch and ends exactly like the
-    uninterrupted run."""
+    uninterrupted run (the released schedule: StepLR(10), in both)."""
     models = tmp_path / "models_step1"
     path = models / "MMIL_Net.pt"
-    argv, cwd = stage_command(STAGE1, [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS, "--epochs", "6",
+    argv, cwd = stage_command(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", "6",
                                        "--model_save_dir", models])
     proc = subprocess.Popen(argv, cwd=cwd, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -756,13 +768,11 @@ def test_resume_after_sigkill_of_a_real_training_run(tiny_llp, reference_2_epoch
     assert proc.returncode == -signal.SIGKILL       # killed mid-run, not finished
     done = weights(path)["epoch"]                    # complete and loadable
     assert 1 <= done < 6
-    target = reference_2_epochs
-    if done != 1:  # only on a badly overloaded machine: compare against a fresh reference instead
-        target = tmp_path / "ref"
-        code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS, "--epochs", done + 1,
-                                             "--model_save_dir", target], tmp_path)
-        assert code == 0, err
-    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), *RESUME_ARGS, "--epochs", done + 1,
+    target = tmp_path / "ref"
+    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", done + 1,
+                                         "--model_save_dir", target], tmp_path)
+    assert code == 0, err
+    code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", done + 1,
                                          "--resume", "--model_save_dir", models], tmp_path)
     assert code == 0, err
     assert f"after epoch {done}" in out
@@ -772,7 +782,7 @@ def test_resume_after_sigkill_of_a_real_training_run(tiny_llp, reference_2_epoch
 # ----------------------------------------------------------------------------- non-finite loss
 
 def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny_llp, tmp_path, monkeypatch):
-    real = avvp.training.mmil_loss
+    real = avvp.engine.mmil_loss
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):
@@ -782,7 +792,7 @@ def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny_llp, tmp_pat
             loss = loss * float("inf")
         return loss, nce
 
-    monkeypatch.setattr(avvp.training, "mmil_loss", exploding)
+    monkeypatch.setattr(avvp.engine, "mmil_loss", exploding)
     code, out, err = call_stage(STAGE1, [*TRAIN1, *tiny_llp.args(), "--epochs", "3"], tmp_path)
     assert_one_line_error(code, err, "non-finite loss (inf) at epoch 2, batch 1 of 2", "last good checkpoint")
     ckpt = weights(tmp_path / "models_step1" / "MMIL_Net.pt")

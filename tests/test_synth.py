@@ -3,7 +3,6 @@ import filecmp
 import json
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +10,8 @@ import pytest
 
 from avvp import features, llp, synth
 from avvp.errors import AVVPError
+from conftest import llp_file
 
-REAL_LLP = Path(__file__).resolve().parents[2] / "shared" / "llp"
 SIZES = dict(num_train=12, num_val=5, num_test=7)
 
 
@@ -175,7 +174,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_statistics_follow_llp():
-    """Labels per video, class frequencies, modality mix and event lengths of LLP (METHOD.md, section 1)."""
+    """Labels per video, class frequencies, modality mix and event lengths of LLP (docs/METHOD.md, "The data: LLP")."""
     rng = np.random.default_rng(0)
     n = 4000
     labels = synth.sample_label_sets(rng, n)
@@ -235,8 +234,8 @@ def test_extents_are_valid():
             assert m.shape == (10,) and m.dtype == np.uint8 and 1 <= m.sum() <= 10
 
 
-@pytest.mark.skipif(not REAL_LLP.is_dir(), reason=f"real LLP label files not found at {REAL_LLP}")
 def test_labels_from_real_files(tmp_path):
+    REAL_LLP = llp_file("AVVP_train.csv").parent
     res = synth.generate(tmp_path / "data", tmp_path / "feats", num_train=6, num_val=9, num_test=8, seed=1,
                          labels_from=REAL_LLP, progress=False, workers=1)
     data = tmp_path / "data"

@@ -13,7 +13,7 @@ import torch
 from avvp import config, engine
 from avvp.data import Split
 from avvp.model import MMIL_Net, loss_options
-from avvp.timing import PhaseClock, memory_line, process_age
+from avvp.timing import PhaseClock
 from conftest import STAGE1, stage_args
 
 CPU = torch.device("cpu")
