@@ -52,10 +52,9 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, kind=float):
     return parse
 
 
-# Hidden from --help: switches that change speed, not results (docs/PERFORMANCE.md); benchmarks set them
-SPEED_FLAGS_NOTE = ("speed switches, same results (not listed above; docs/PERFORMANCE.md): --eval_batch_size, "
-                    "--feature_cache auto|on|off, --frame_pool early|late, --threads N, --graph auto|on|off, "
-                    "--fused_adam auto|on|off")
+# Hidden from --help's list, named in its epilog: switches that change speed, not results
+# (docs/PERFORMANCE.md); benchmarks set them
+SPEED_NOTE = "speed switches, same results (not listed above; docs/PERFORMANCE.md): "
 
 
 def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
@@ -96,8 +95,10 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
         p.add_argument("--graph", choices=["auto", "on", "off"], default="auto", help=hide)
         # torch's fused Adam (auto: where the step is replayed from a CUDA graph)
         p.add_argument("--fused_adam", choices=["auto", "on", "off"], default="auto", help=hide)
-    p.epilog = SPEED_FLAGS_NOTE if training else SPEED_FLAGS_NOTE.replace(", --graph auto|on|off, --fused_adam "
-                                                                          "auto|on|off", "")
+    hidden = ["--eval_batch_size", "--feature_cache auto|on|off", "--frame_pool early|late", "--threads N"]
+    if training:
+        hidden += ["--graph auto|on|off", "--fused_adam auto|on|off"]
+    p.epilog = SPEED_NOTE + ", ".join(hidden)
     return p
 
 

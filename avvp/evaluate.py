@@ -1,17 +1,8 @@
 """The LLP evaluation protocol (segment- and event-level F-scores), vectorized over videos.
 
-Semantics are those of the released HAN / MA evaluation code, written plainly, one video at a time,
-in avvp/evaluate_reference.py (docs/METHOD.md, "The evaluation"):
-
-- predictions: audio (c, t) on iff segment prob >= 0.5 and video-level audio prob of c >= 0.5,
-  visual likewise; audio-visual = audio AND visual, for predictions and for the truth;
-- per video and per kind (a, v, av), per class TP / FP / FN; F of a class = 2TP / (2TP + FP + FN),
-  averaged over the classes with a true or a predicted positive; a video with none scores 1;
-  "event" pools the audio and visual counts per class before the F; "type" = mean of a, v, av;
-- segment level counts cells; event level counts contiguous runs: a predicted run is a TP if some
-  true run has IoU >= 0.5 with it (else FP), a true run is a FN if no predicted run has IoU >= 0.5
-  with it (not a one-to-one matching);
-- dataset score = mean over videos, in percent.
+What it computes (the released HAN / MA protocol) is written plainly, one video at a time, in
+avvp/evaluate_reference.py, and in words in docs/METHOD.md ("The evaluation"); the tests hold the
+two modules equal.
 
 Implementation: every (video, class) 10-segment 0/1 sequence is encoded as a 10-bit integer.
 Segment-level counts are popcounts of bitwise combinations of the codes; event-level counts are

@@ -110,10 +110,10 @@ def dropped_table(ev, drop_a, drop_v, per_drop):
     return pd.concat(parts, ignore_index=True)
 
 
-def run_meta(run_args, models, estimate, weak):
-    """estimate_meta.json: the run's flags, the model(s) read (with --folds the fold models, and the
-    one-checkpoint keys stay empty), the estimator's own entries and the drop counts."""
-    one = len(models) == 1 and "fold" not in models[0].checkpoint
+def run_meta(run_args, models, out_of_fold, estimate, weak):
+    """estimate_meta.json: the run's flags, the model(s) read (out_of_fold: the fold models of
+    --folds, and the one-checkpoint keys stay empty), the estimator's own entries and the drop counts."""
+    one = not out_of_fold
     first = models[0]
     return {"args": run_args, "model_stage": first.checkpoint.get("stage"),
             "checkpoint": os.path.abspath(first.path) if one else None,

@@ -78,9 +78,12 @@ def main(argv=None):
     with clock("swap passes"):
         partners = dataloader.pick_partners(train.labels, args.seed, train.filenames, draws=args.partners)
         evidence = model.swap_evidence(models, train, partners, args.eval_batch_size, out_of_fold=args.folds > 1)
-        val_evidence = None if val is None else [model.swap_evidence(
-            [m], val, dataloader.pick_partners(val.labels, args.seed, val.filenames, draws=args.partners),
-            args.eval_batch_size, present=dataloader.present(val)) for m in models]
+        val_evidence = None
+        if val is not None:  # one run per model, every model blind to val, the same partners for each
+            val_partners = dataloader.pick_partners(val.labels, args.seed, val.filenames, draws=args.partners)
+            present = dataloader.present(val)
+            val_evidence = [model.swap_evidence([m], val, val_partners, args.eval_batch_size, present=present)
+                            for m in models]
     print(f"swapped passes over {len(train)} videos, {args.partners} partner(s) each, in {clock.last:.2f}s")
 
     # 3. the estimator: evidence -> the labels to drop
@@ -91,7 +94,7 @@ def main(argv=None):
           f"{int((weak > 0).sum())}")
 
     # 4. scored against the train truth where it is known (synthetic data)
-    meta = dataloader.run_meta(vars(args), models, est, weak)
+    meta = dataloader.run_meta(vars(args), models, args.folds > 1, est, weak)
     truth = dataloader.load_train_truth(args.train_truth_audio, args.train_truth_visual, train.filenames)
     if truth is not None:
         meta["quality"] = report.drop_report(weak, est.drop_audio, est.drop_visual, truth)

@@ -16,11 +16,14 @@ def read_labels(path):
     return llp.read_modality_labels(path)
 
 
-def load_splits(source, label_train, label_val, label_test, eval_audio, eval_visual, device):
-    """(train, val, test) Splits; train carries weak labels only, val and test also the dense truth."""
+def load_splits(source, label_ma, label_train, label_val, label_test, eval_audio, eval_visual, device):
+    """Stage 2's labels checked against the train split before val and test are read: (train, val,
+    test) Splits and the modality-aware audio, visual labels (N, 25) in the train split's order."""
+    table = read_labels(label_ma)
     train = data.load_split(source, label_train, device, name="train")
+    audio, visual = align_modality_labels(table, label_ma, train)
     val, test = data.load_eval_splits(source, label_val, label_test, eval_audio, eval_visual, device)
-    return train, val, test
+    return train, val, test, audio, visual
 
 
 def align_modality_labels(table, path, train):

@@ -65,11 +65,10 @@ def main(argv=None):
         stage.use_checkpoint(args, STAGE, net, device, train_mode="retrain")
         return
 
-    # 1. stage 2's modality-aware labels (checked first), aligned to the train split; the features
-    table = dataloader.read_labels(args.label_ma)
-    train, val, test = dataloader.load_splits(config.feature_source(args), args.label_train, args.label_val,
-                                              args.label_test, args.eval_audio, args.eval_visual, device)
-    audio, visual = dataloader.align_modality_labels(table, args.label_ma, train)
+    # 1. stage 2's modality-aware labels, aligned to the train split; the features of the three splits
+    train, val, test, audio, visual = dataloader.load_splits(
+        config.feature_source(args), args.label_ma, args.label_train, args.label_val, args.label_test,
+        args.eval_audio, args.eval_visual, device)
     # 2. targets: a label stage 2 dropped from a modality is not that modality's target
     make_targets = functools.partial(model.targets, train.labels, visual_smoothing=args.visual_smoothing,
                                      quirk=args.quirk_video_target, smooth_dropped=args.smooth_dropped)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE1, STAGE2, STAGE3 = "step1_train_base_model", "step2_find_exchange", "step3_retrain"
+TINY_SIZES = dict(num_train=32, num_val=8, num_test=8, seed=1)
 # the real LLP annotation files (and one LLP video), when the tester has them: AVVP_LLP_DIR=<folder>
 LLP_DIR = Path(os.environ["AVVP_LLP_DIR"]) if os.environ.get("AVVP_LLP_DIR") else None
 LLP_SKIP = "real LLP files not given: set AVVP_LLP_DIR to the folder that holds them"
@@ -27,8 +29,6 @@ def llp_file(name):
     if LLP_DIR is None or not (LLP_DIR / name).is_file():
         pytest.skip(LLP_SKIP if LLP_DIR is None else f"{LLP_DIR / name} not present")
     return LLP_DIR / name
-STAGE1, STAGE2, STAGE3 = "step1_train_base_model", "step2_find_exchange", "step3_retrain"
-TINY_SIZES = dict(num_train=32, num_val=8, num_test=8, seed=1)
 
 
 def pytest_configure(config):
