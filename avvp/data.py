@@ -78,25 +78,28 @@ def load_split(source, label_csv, device, truth=None, name="split", filenames=No
         if not os.path.isdir(folder):
             raise AVVPError(f"{folder}: feature folder not found ({features.MODALITIES[key][0]} features; "
                             f"see feats/README.md, or run `python -m avvp.synth` for the synthetic set)")
-    stats = features.stat_files(dirs, filenames)
-    missing = features.missing_videos(dirs, filenames, stats)
+    # feature files are named by stem: an LLP row <11-character id>_<start>_<end> reads <id>.npy
+    stems = [llp.video_id(f) for f in filenames] if labels is not None else filenames
+    stats = features.stat_files(dirs, stems)
+    missing = features.missing_videos(dirs, stems, stats)
     if missing:
         if not source.skip_missing:
-            first = missing[0]
-            where = next(features.feature_path(d, first) for d in dirs.values()
-                         if not os.path.isfile(features.feature_path(d, first)))
-            raise AVVPError(f"{where}: feature file missing for video {first} of {label_csv} "
+            first = stems.index(missing[0])
+            where = next(features.feature_path(d, missing[0]) for d in dirs.values()
+                         if not os.path.isfile(features.feature_path(d, missing[0])))
+            raise AVVPError(f"{where}: feature file missing for video {filenames[first]} of {label_csv} "
                             f"({len(missing)} of {len(filenames)} videos lack features; --skip_missing drops them)")
-        keep = ~np.isin(np.asarray(filenames, dtype=object), missing)
+        keep = ~np.isin(np.asarray(stems, dtype=object), missing)
         print(f"warning: {name}: skipping {len(missing)} of {len(filenames)} videos with missing feature files",
               file=sys.stderr)
         filenames = [f for f, k in zip(filenames, keep) if k]
+        stems = [f for f, k in zip(stems, keep) if k]
         stats = {key: [st for st, k in zip(col, keep) if k] for key, col in stats.items()}
         labels = None if labels is None else labels[keep]
         if not filenames:
             raise AVVPError(f"{label_csv}: no video left after skipping missing feature files")
     with clock("load"):
-        arrays = features.load_split(dirs, filenames, desc=name, progress=source.progress,
+        arrays = features.load_split(dirs, stems, desc=name, progress=source.progress,
                                      pool_frames=source.pool_frames,
                                      cache=use_cache(source.cache, dirs, len(filenames)), stats=stats)
         feats = place(arrays, device, name)

@@ -184,7 +184,11 @@ class Trainer:
 
 
 def rng_state(gen):
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG's state as tensors and plain values (a checkpoint loads with weights_only=True)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()   # key (624,) uint32
+    numpy_state = {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    s = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
          "batch_order": gen.get_state()}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
@@ -193,7 +197,10 @@ def rng_state(gen):
 
 def set_rng_state(s, gen):
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    if isinstance(n, dict):
+        n = (n["name"], np.asarray(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    np.random.set_state(n)  # a tuple holding a numpy array in checkpoints written before
     torch.set_rng_state(s["torch"])
     gen.set_state(s["batch_order"])
     if "cuda" in s and torch.cuda.is_available():

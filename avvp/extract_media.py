@@ -3,7 +3,8 @@
 Frames: ffmpeg's `-r 8` constant-frame-rate selection, emulated from the decoded frames'
 timestamps, over the first 10 s (~82 frames), then 80 of them picked with np.linspace as HAN's
 scripts did. Audio: 16 kHz mono, the first 10 s, and VGGish's log-mel front end (10 patches of
-96 x 64). Videos shorter than 10 s are padded: frames by repeating the last chosen frame, audio
+96 x 64). Frames are turned upright first as ffmpeg's autorotate turns them (the display matrix of
+a phone video: quarter turns and flips). Videos shorter than 10 s are padded: frames by repeating the last chosen frame, audio
 with silence, so segment i still covers second i.
 """
 import os
@@ -21,6 +22,7 @@ WINDOW, HOP, FFT = 400, 160, 512   # 25 ms window, 10 ms hop, next power of two
 MEL_BANDS, MEL_LO, MEL_HI = 64, 125.0, 7500.0
 PATCH = 96                   # 0.96 s of 10 ms frames per VGGish patch, and its hop
 CROP, RESIZE, CLIP_SIZE = 224, 256, 112
+MAX_ASPECT = 4.0             # wider frames are cut to their central 4:1 part for res152 (frame_inputs)
 
 
 def require_av():
@@ -72,35 +74,93 @@ def _rate(stream):
     return float(rate) if rate else 0.0
 
 
-def decode_frames(container, path, seconds=SECONDS):
-    """The video's frames chosen as `ffmpeg -r 8` does over its first `seconds`: list of
-    (H, W, 3) uint8 RGB arrays (~82 for 10 s), and each one's input timestamp in seconds."""
+def display_matrix(frame):
+    """The frame's display matrix (9,) int32, 16.16 fixed point (None when it has none): how a
+    player must turn the picture (a portrait phone video is stored sideways)."""
+    av = require_av()
+    for sd in frame.side_data:
+        if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            return np.frombuffer(bytes(sd), dtype=np.int32)
+    return None
+
+
+def upright_ops(matrix):
+    """What ffmpeg's autorotate does for this display matrix: a tuple of 'transpose', 'rot90cw',
+    'rot90ccw', 'antitranspose', 'hflip', 'vflip' (empty: as stored), and a note for an angle
+    that is not a multiple of 90 degrees (left as stored).
+
+    Its rule: theta = -(the matrix's rotation, counter-clockwise degrees), wrapped to [0, 360);
+    90: transpose 'cclock_flip' if m[3] > 0 else 'clock'; 180: hflip if m[0] < 0, vflip if m[4] < 0;
+    270: 'clock_flip' if m[3] < 0 else 'cclock'; 0: vflip if m[4] < 0.
+    """
+    if matrix is None:
+        return (), None
+    m = matrix[:9].astype(np.float64) / 65536.0
+    s0, s1 = np.hypot(m[0], m[3]), np.hypot(m[1], m[4])
+    if s0 == 0 or s1 == 0:
+        return (), "degenerate display matrix ignored"
+    theta = -round(-np.degrees(np.arctan2(m[1] / s1, m[0] / s0)))
+    theta -= 360 * np.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return ("transpose",) if m[3] > 0 else ("rot90cw",), None
+    if abs(theta - 180) < 1:
+        return tuple(op for op, on in (("hflip", m[0] < 0), ("vflip", m[4] < 0)) if on), None
+    if abs(theta - 270) < 1:
+        return ("antitranspose",) if m[3] < 0 else ("rot90ccw",), None
+    if abs(theta) < 1:
+        return ("vflip",) if m[4] < 0 else (), None
+    return (), f"display rotation of {theta:.0f} degrees ignored (only multiples of 90 are applied)"
+
+
+def upright(rgb, ops):
+    """(H, W, 3) -> the picture turned as upright_ops says (a view; (W, H, 3) after a quarter turn)."""
+    for op in ops:
+        rgb = {"transpose": lambda x: x.transpose(1, 0, 2), "rot90cw": lambda x: np.rot90(x, -1),
+               "rot90ccw": lambda x: np.rot90(x, 1), "antitranspose": lambda x: np.rot90(x, -1)[::-1],
+               "hflip": lambda x: x[:, ::-1], "vflip": lambda x: x[::-1]}[op](rgb)
+    return rgb
+
+
+def decode_frames(container, path, seconds=SECONDS, convert=None):
+    """The video's frames chosen as `ffmpeg -r 8` does over its first `seconds`, turned upright as
+    ffmpeg's autorotate turns them: a list of convert(rgb) of each (H, W, 3) uint8 RGB frame (~82
+    for 10 s; a frame written twice is converted once), each one's input timestamp in seconds,
+    and notes. convert=None keeps the RGB arrays; decode() converts each frame to the networks'
+    small inputs at once, so a video never holds its full-size frames."""
     if not container.streams.video:
         raise AVVPError(f"{path}: no video stream")
+    convert = convert or (lambda rgb: rgb)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     start = container.start_time / 1e6 if container.start_time is not None else 0.0  # AV_TIME_BASE units
     select = CFRSelector(_rate(stream))
-    frames, times, prev = [], [], None
+    frames, times, prev, notes = [], [], None, []
+    ops = None
     for frame in container.decode(stream):
         if frame.pts is None:
             continue
         t = float(frame.pts * frame.time_base) - start
         if t >= seconds:
             break
+        if ops is None:  # one orientation per video, read off its first frame (as ffmpeg does)
+            ops, note = upright_ops(display_matrix(frame))
+            if note:
+                notes.append(f"{path}: {note}")
         n0, n = select.push(t)
         if n0:  # the gap before this frame is filled with the previous input frame, written or not
-            rgb = prev[0].to_ndarray(format="rgb24")
-            frames += [rgb] * n0
+            if prev[2] is None:
+                prev[2] = convert(np.ascontiguousarray(upright(prev[0].to_ndarray(format="rgb24"), ops)))
+            frames += [prev[2]] * n0
             times += [prev[1]] * n0
+        item = None
         if n:
-            rgb = frame.to_ndarray(format="rgb24")
-            frames += [rgb] * n
+            item = convert(np.ascontiguousarray(upright(frame.to_ndarray(format="rgb24"), ops)))
+            frames += [item] * n
             times += [t] * n
-        prev = (frame, t)
+        prev = [frame, t, item]
     if not frames:
         raise AVVPError(f"{path}: no decodable video frame in the first {seconds} s")
-    return frames, times
+    return frames, times, notes
 
 
 def chosen_frames(frames, frames_out=FRAMES):
@@ -178,22 +238,35 @@ def resize(x, size):
     return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def network_inputs(frames, chunk=16):
-    """80 (H, W, 3) uint8 frames -> (80, 3, 224, 224) and (80, 3, 112, 112) uint8 images.
+def frame_inputs(rgb):
+    """One (H, W, 3) uint8 frame -> its (3, 224, 224) res152 and (3, 112, 112) r2plus1d_18 inputs, uint8.
 
     res152: shorter side to 256 then a centre crop of 224 (torchvision's Resize(256) +
-    CenterCrop(224)); r2plus1d_18: squashed to 112 x 112 (HAN's Resize((112, 112))). Done in
-    chunks so a long-side-1920 video never needs all its frames as floats at once.
+    CenterCrop(224)); r2plus1d_18: squashed to 112 x 112 (HAN's Resize((112, 112))). A frame
+    wider (or taller) than MAX_ASPECT : 1 is first cut to its central MAX_ASPECT : 1 part for res152:
+    the 224 crop lies inside it, and the resized image stays at most 256 x 256 * MAX_ASPECT (a
+    2 x 256 frame would otherwise be scaled to 256 x 32768).
     """
-    h, w = frames[0].shape[:2]
-    short = (RESIZE, int(RESIZE * w / h)) if h <= w else (int(RESIZE * h / w), RESIZE)
+    h, w = rgb.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    cut = x
+    if w > MAX_ASPECT * h:
+        keep = int(MAX_ASPECT * h)
+        cut = x[..., (w - keep) // 2:(w - keep) // 2 + keep]
+    elif h > MAX_ASPECT * w:
+        keep = int(MAX_ASPECT * w)
+        cut = x[..., (h - keep) // 2:(h - keep) // 2 + keep, :]
+    ch, cw = cut.shape[-2:]
+    short = (RESIZE, int(RESIZE * cw / ch)) if ch <= cw else (int(RESIZE * ch / cw), RESIZE)
     top, left = int(round((short[0] - CROP) / 2.0)), int(round((short[1] - CROP) / 2.0))
-    crops, clips = [], []
-    for i in range(0, len(frames), chunk):
-        x = torch.from_numpy(np.stack(frames[i:i + chunk])).permute(0, 3, 1, 2)  # (n, 3, H, W)
-        crops.append(resize(x, short)[:, :, top:top + CROP, left:left + CROP])
-        clips.append(resize(x, (CLIP_SIZE, CLIP_SIZE)))
-    return torch.cat(crops), torch.cat(clips)
+    crop = resize(cut, short)[0, :, top:top + CROP, left:left + CROP]
+    return crop, resize(x, (CLIP_SIZE, CLIP_SIZE))[0]
+
+
+def network_inputs(frames):
+    """80 (H, W, 3) uint8 frames -> (80, 3, 224, 224) and (80, 3, 112, 112) uint8 images (frame_inputs each)."""
+    pairs = [frame_inputs(f) for f in frames]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def write_png(rgb, path):
@@ -211,13 +284,18 @@ def decode(path, dump_dir=None):
     """One video file -> dict of the networks' inputs (CPU tensors/arrays) and notes.
 
     images (80, 3, 224, 224) uint8, clips (80, 3, 112, 112) uint8, patches (10, 96, 64) float32,
-    warnings (list of str). Raises AVVPError naming the file when it cannot be read.
+    warnings (list of str). Raises AVVPError naming the file when it cannot be read. Memory: each
+    frame becomes its two small inputs as it is decoded, so a video holds about 82 * 188 KB of them
+    and one full frame at a time (with dump_dir, also the RGB frames it writes).
     """
     av = require_av()
-    notes = []
+
+    def convert(rgb):
+        return frame_inputs(rgb) + ((rgb,) if dump_dir is not None else ())
+
     try:
         with av.open(path) as container:
-            frames, _ = decode_frames(container, path)
+            frames, _, notes = decode_frames(container, path, convert=convert)
         with av.open(path) as container:
             wave = decode_audio(container, path)
     except av.FFmpegError as e:
@@ -230,7 +308,8 @@ def decode(path, dump_dir=None):
         wave = np.zeros(SECONDS * SAMPLE_RATE, np.float32)
     if dump_dir is not None:
         os.makedirs(dump_dir, exist_ok=True)
-        for i, rgb in enumerate(frames):
-            write_png(rgb, os.path.join(dump_dir, f"{i + 1:06d}.png"))
-    images, clips = network_inputs(frames)
+        for i, f in enumerate(frames):
+            write_png(f[2], os.path.join(dump_dir, f"{i + 1:06d}.png"))
+    images = torch.stack([f[0] for f in frames])
+    clips = torch.stack([f[1] for f in frames])
     return {"images": images, "clips": clips, "patches": audio_patches(wave), "warnings": notes}

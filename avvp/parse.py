@@ -2,7 +2,7 @@
 
 Shared by the stages' `--mode parse`. Input is either a weak label file (default the test split)
 or, with --parse_dir, every video that has a feature file in all three feature folders (no labels
-needed; filenames are then the 11-character video ids). Output folder (--parse_out):
+needed; a video's id is then its feature files' stem, as it is). Output folder (--parse_out):
 
     pred_audio.csv, pred_visual.csv   predicted events in the LLP eval format (tab-separated:
                                       filename, onset, offset, event_labels; one row per
@@ -10,6 +10,9 @@ needed; filenames are then the 11-character video ids). Output folder (--parse_o
     video_probs.csv                   per video and class: video_prob, audio_prob, visual_prob
     per_class_f.csv, metrics.json     only with dense truth: pooled per-class segment F and the
                                       10 LLP scores (also printed as the LLP table)
+    index.html                        the page to look at (avvp/page.py): per video its timelines,
+                                      probabilities and, when avvp.extract recorded its source in
+                                      the feature folder's manifest.csv, the video itself
     timeline_*.png, per_class_f.png   with --plot N (needs matplotlib)
 
 The pred files score with `python -m avvp.evaluate --label ... --pred_audio pred_audio.csv ...`
@@ -21,7 +24,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from . import features, llp
+from . import features, llp, page
 from . import evaluate as llp_eval
 from .data import load_split, read_eval_truth
 from .errors import AVVPError
@@ -62,20 +65,40 @@ def parse_dirs(parse_dir, default_dirs):
 
 
 def video_ids(dirs):
-    """Sorted ids (file name stems) with a .npy in every folder of `dirs`; notes ids found only in some."""
+    """Sorted ids (file name stems) with a .npy file in every folder of `dirs`; warns of the ids
+    found only in some, and of names a tab-separated table cannot hold (left out)."""
     sets = {}
     for key, folder in dirs.items():
         if not os.path.isdir(folder):
             raise AVVPError(f"{folder}: feature folder not found ({features.MODALITIES[key][0]} features)")
-        sets[key] = {f[:-4] for f in os.listdir(folder) if f.endswith(".npy")}
+        with os.scandir(folder) as it:
+            sets[key] = {e.name[:-4] for e in it if e.name.endswith(".npy") and e.is_file()}
     common = set.intersection(*sets.values())
-    partial = set.union(*sets.values()) - common
+    partial = sorted(set.union(*sets.values()) - common)
+    odd = sorted(i for i in common if any(c in i for c in "\t\n\r"))
+    common -= set(odd)
+    if odd:
+        print(f"warning: parse: leaving out {len(odd)} feature file(s) whose name holds a tab or line break: "
+              f"{', '.join(map(repr, odd[:5]))}", file=sys.stderr)
     if not common:
         raise AVVPError(f"no video has a .npy file in all of {', '.join(dirs.values())}")
     if partial:
         print(f"warning: parse: skipping {len(partial)} video id(s) lacking a feature file in some of "
-              f"{', '.join(dirs.values())}", file=sys.stderr)
+              f"{', '.join(dirs.values())}: {', '.join(partial[:5])}{' ...' if len(partial) > 5 else ''}",
+              file=sys.stderr)
     return sorted(common)
+
+
+def video_sources(audio_dir):
+    """{id: source video path} from the manifest.csv that avvp.extract writes at the feature
+    root (the folder above vggish/); {} without one. Failed or vanished sources are left out."""
+    root = os.path.dirname(os.path.normpath(audio_dir))
+    out = {}
+    for row in features.read_manifest(root):
+        path = os.path.join(root, row["source"])
+        if row["status"] == "done" and os.path.isfile(path):
+            out[row["id"]] = path
+    return out
 
 
 def attach_truth(split, eval_audio, eval_visual):
@@ -93,14 +116,15 @@ def attach_truth(split, eval_audio, eval_visual):
 
 
 def load_input(source, parse_dir, label, eval_audio, eval_visual, device):
-    """The Split to parse: every video of the feature folders of --parse_dir (parse_dir: DIR holding
-    vggish/, res152/, r2plus1d_18/, or "" for source's folders), or the videos of a label file with
-    dense truth attached when the eval files name them."""
+    """(the Split to parse, {id: source video}): every video of the feature folders of --parse_dir
+    (parse_dir: DIR holding vggish/, res152/, r2plus1d_18/, or "" for source's folders), or the
+    videos of a label file with dense truth attached when the eval files name them."""
     if parse_dir is not None:
         dirs = parse_dirs(parse_dir, source.dirs)
         ids = video_ids(dirs)
-        return load_split(source._replace(dirs=dirs), f"--parse_dir {' '.join(dirs.values())}", device,
-                          name="parse", filenames=ids)
+        split = load_split(source._replace(dirs=dirs), f"--parse_dir {' '.join(dirs.values())}", device,
+                           name="parse", filenames=ids)
+        return split, video_sources(dirs["audio"])
     split = load_split(source, label, device, name="parse")  # reads and checks the label file first
     covered, n = attach_truth(split, eval_audio, eval_visual), len(split)
     if covered == 0:
@@ -108,7 +132,7 @@ def load_input(source, parse_dir, label, eval_audio, eval_visual, device):
     elif covered < n:
         print(f"warning: {n - covered} of {n} videos of {label} have no row in "
               f"{eval_audio} or {eval_visual}; scored as having no event", file=sys.stderr)
-    return split
+    return split, video_sources(source.dirs["audio"])
 
 
 # ----------------------------------------------------------------------------- tables
@@ -140,10 +164,11 @@ def check_request(plot, parse_dir, parse_label):
         require_matplotlib()                          # fail before minutes of loading, not after
 
 
-def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None):
-    """--mode parse: a loaded model over a split -> files in out_dir (and pictures).
+def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None, sources=None):
+    """--mode parse: a loaded model over a split -> files in out_dir, the page (and pictures).
 
-    title: what the printed table is of; extra: more metrics.json entries (stage, checkpoint, epoch).
+    title: what the printed table is of; extra: more metrics.json entries (stage, checkpoint, epoch);
+    sources: {id: video file} for the page's players.
     Returns a dict: filenames, probs (predict's), pred_a / pred_v (N, 25, 10) uint8, tables,
     metrics and per_class (None without truth), paths written.
     """
@@ -152,6 +177,9 @@ def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None):
     if res["metrics"] is not None:
         print(llp_eval.format_table(res["metrics"], title=f"{title}: {split.path} ({len(split)} videos)"))
         print(format_per_class(res["per_class"]))
+    data = page.page_data(split, probs, res["pred_a"], res["pred_v"], res["metrics"], res["per_class"], sources,
+                          out_dir, title)
+    res["paths"].append(page.write_page(out_dir, data))
     if plot:
         res["paths"] += plot_all(out_dir, split, probs, res["pred_a"], res["pred_v"], res["per_class"], plot)
     na, nv = (len(res["tables"][k]) for k in ("audio", "visual"))
@@ -160,6 +188,7 @@ def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None):
             print(f"note: no {kind} event predicted: {PRED_FILES[kind]} holds only its header")
     print(f"parsed {len(split)} videos: {na} audio and {nv} visual events; wrote {len(res['paths'])} files "
           f"to {out_dir}")
+    print(f"page: {os.path.join(out_dir, page.PAGE_FILE)}")
     return res
 
 
@@ -181,6 +210,11 @@ def write_outputs(out_dir, split, probs, extra=None):
         llp.write_tsv(per_class.round(4).reset_index(), paths[-1])
         paths.append(os.path.join(out_dir, METRICS_FILE))
         write_metrics(paths[-1], metrics, dict(extra or {}, label=split.path, videos=len(split)))
+    else:  # an earlier scored parse into this folder must not leave its scores beside these predictions
+        for name in (PER_CLASS_FILE, METRICS_FILE):
+            if os.path.isfile(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+                print(f"note: removed {os.path.join(out_dir, name)} of an earlier parse (these videos have no truth)")
     return {"filenames": split.filenames, "probs": probs, "pred_a": pred_a, "pred_v": pred_v, "tables": tables,
             "metrics": metrics, "per_class": per_class, "paths": paths}
 

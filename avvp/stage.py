@@ -30,10 +30,10 @@ def use_checkpoint(args, stage, net, device, train_mode):
         parse.check_request(args.plot, args.parse_dir, args.parse_label)  # before the checkpoint is read
     ckpt = load_into(net, path, hint)
     if args.mode == "parse":
-        split = parse.load_input(source, args.parse_dir, args.parse_label or args.label_test, args.eval_audio,
-                                 args.eval_visual, device)
+        split, sources = parse.load_input(source, args.parse_dir, args.parse_label or args.label_test,
+                                          args.eval_audio, args.eval_visual, device)
         return parse.run(net, split, args.parse_out, args.plot, args.eval_batch_size, title=f"{stage}, {path}",
-                         extra={"stage": stage, "checkpoint": path, "epoch": ckpt.get("epoch")})
+                         extra={"stage": stage, "checkpoint": path, "epoch": ckpt.get("epoch")}, sources=sources)
     label = args.label_val if args.mode == "val" else args.label_test
     split = load_split(source, label, device, truth=read_eval_truth(args.eval_audio, args.eval_visual),
                        name=args.mode)

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from .features import feature_path
+from .llp import video_id
 from .llp import CLASS_INDEX, NUM_CLASSES, NUM_SEGMENTS
 
 FAMILIES = {
@@ -183,7 +184,7 @@ def render_chunk(seed, dtype, dirs, chunk):
     for split_code, i, name, audio, visual in chunk:
         arrays = render_video(world, audio, visual, rng_stream(seed, KEY_VIDEO, split_code, i))
         for key, arr in zip(("audio", "video", "st"), arrays):
-            _save_npy(feature_path(dirs[key], name), arr.astype(out_dtype))
+            _save_npy(feature_path(dirs[key], video_id(name)), arr.astype(out_dtype))
     return len(chunk)
 
 

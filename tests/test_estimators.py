@@ -121,10 +121,10 @@ def test_cross_fitting_folds(tiny_llp, stage1_out, tmp_path):
         torch.set_num_threads(threads)
     assert code == 0, err
     # --folds leaves the base model as it was, and adds two models that each held out half the train videos
-    base = torch.load(stage1_out / "models_step1" / "MMIL_Net.pt", weights_only=False)["model"]
-    again = torch.load(models / "MMIL_Net.pt", weights_only=False)["model"]
+    base = torch.load(stage1_out / "models_step1" / "MMIL_Net.pt", weights_only=True)["model"]
+    again = torch.load(models / "MMIL_Net.pt", weights_only=True)["model"]
     assert all(torch.equal(base[k], again[k]) for k in base)
-    folds = [torch.load(models / f"fold{k}of2" / "MMIL_Net.pt", weights_only=False) for k in (1, 2)]
+    folds = [torch.load(models / f"fold{k}of2" / "MMIL_Net.pt", weights_only=True) for k in (1, 2)]
     held = [f["fold"]["heldout"] for f in folds]
     train = llp.read_weak(tiny_llp.data / "AVVP_train.csv")
     assert sorted(held[0] + held[1]) == sorted(train.filenames) and len(held[0]) == len(train.filenames) // 2
@@ -177,7 +177,7 @@ def test_stage3_folds_and_reestimation(tiny_llp, stage1_out, tmp_path):
     # --recipe robust: the model, then one per fold on the other half of the train videos, same labels
     train = llp.read_weak(tiny_llp.data / "AVVP_train.csv")
     import torch
-    folds = [torch.load(m3 / f"fold{k}of2" / "MMIL_Net.pt", weights_only=False) for k in (1, 2)]
+    folds = [torch.load(m3 / f"fold{k}of2" / "MMIL_Net.pt", weights_only=True) for k in (1, 2)]
     held = [f["fold"]["heldout"] for f in folds]
     assert sorted(held[0] + held[1]) == sorted(train.filenames) and len(held[0]) == len(train.filenames) // 2
     assert all(f["stage"] == "stage3" and f["label_ma"] == str(labels) for f in folds)

@@ -58,7 +58,7 @@ def test_cfr_selection_counts_and_timing():
 
 def test_frames_of_a_clip_follow_their_timestamps(clips):
     with av.open(str(clips["tone"])) as c:
-        frames, times = media.decode_frames(c, clips["tone"])
+        frames, times, _ = media.decode_frames(c, clips["tone"])
     assert len(frames) == 82 and frames[0].shape == (96, 128, 3) and frames[0].dtype == np.uint8
     index = np.rint(np.array(times) * FPS_IN).astype(int)   # input frame of each chosen frame
     assert [frame_index(f) for f in frames] == index.tolist()   # the pixels are those of that frame
@@ -72,7 +72,7 @@ def test_frames_of_a_clip_follow_their_timestamps(clips):
 def test_llp_video_gives_ffmpegs_82_frames(tmp_path):
     LLP_VIDEO = llp_file("BjCEufrlXm4.mp4")
     with av.open(str(LLP_VIDEO)) as c:
-        frames, times = media.decode_frames(c, LLP_VIDEO)
+        frames, times, _ = media.decode_frames(c, LLP_VIDEO)
     assert len(frames) == 82 and frames[0].shape == (240, 320, 3)
     # input frames (at 359/12 fps) ffmpeg -r 8 wrote for this video, read off its JPEGs
     index = np.rint(np.array(times) * 359 / 12).astype(int)
@@ -281,8 +281,17 @@ def test_extract_bad_inputs(tmp_path, clips):
     with pytest.raises(AVVPError, match="same id 'tone_0_10'"):
         extract.list_videos([str(clips["tone"]), str(tmp_path / "other")])
     assert extract.list_videos([str(tmp_path / "other")]) == [("tone_0_10", str(tmp_path / "other" / "tone_0_10.mp4"))]
-    shutil.copy(clips["tone"], tmp_path / "other" / "BjCEufrlXm4_30_40.mp4")   # LLP-style: named by the id
-    assert extract.list_videos([str(tmp_path / "other")])[0] == ("BjCEufrlXm4", str(tmp_path / "other" / "BjCEufrlXm4_30_40.mp4"))
+    # an id is the file stem, whatever it looks like: these two are two videos
+    shutil.copy(clips["tone"], tmp_path / "other" / "abcdefghijk_30_40.mp4")
+    shutil.copy(clips["mute"], tmp_path / "other" / "abcdefghijk.mp4")
+    assert [v for v, _ in extract.list_videos([str(tmp_path / "other")])] == ["abcdefghijk", "abcdefghijk_30_40",
+                                                                             "tone_0_10"]
+    shutil.copy(clips["tone"], tmp_path / "other" / "a\tb.mp4")
+    r = run_extract(tmp_path / "other", "--out", tmp_path / "f")
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: {str(tmp_path / 'other' / 'a	b.mp4')!r}: the file name "
+                                                      "holds a tab or line break, which the tab-separated tables cannot "
+                                                      "hold: rename the file")
+    assert not (tmp_path / "f").exists()
 
 
 def test_extract_then_parse_then_evaluate(extracted, tiny_llp, tmp_path):
@@ -311,3 +320,134 @@ def test_extract_then_parse_then_evaluate(extracted, tiny_llp, tmp_path):
     assert r.returncode == 0, r.stderr
     scores = json.loads(r.stdout)
     assert len(scores) == 10 and all(0 <= v <= 100 for v in scores.values())
+
+
+# ----------------------------------------------------------------------------- orientation and odd sizes
+
+# where ffmpeg 5.1's autorotate puts a clip's white top-left and grey top-right corners, per display
+# matrix written by PyAV's set_display_rotation(degrees, hflip, vflip) (measured with `ffmpeg -i`)
+FFMPEG_UPRIGHT = {(0, 0, 0): ("tl", "tr"), (0, 1, 0): ("tr", "tl"), (0, 0, 1): ("bl", "br"),
+                  (90, 0, 0): ("bl", "tl"), (90, 1, 0): ("br", "tr"), (90, 0, 1): ("tl", "bl"),
+                  (180, 0, 0): ("br", "bl"), (180, 1, 0): ("bl", "br"), (180, 0, 1): ("tr", "tl"),
+                  (270, 0, 0): ("tr", "br"), (270, 1, 0): ("tl", "bl"), (270, 0, 1): ("br", "tr")}
+
+
+def corner_clip(path, degrees, hflip, vflip):
+    """A 2 s, 64 x 32 H.264 clip: white top-left corner, grey top-right, stored with a display matrix."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(degrees, hflip=bool(hflip), vflip=bool(vflip))
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:8, :8] = 255
+        img[:8, 56:] = 128
+        for _ in range(16):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def corners(img):
+    g = img.mean(-1) if img.ndim == 3 else img
+    return {"tl": g[2, 2], "tr": g[2, -3], "bl": g[-3, 2], "br": g[-3, -3]}
+
+
+@pytest.mark.parametrize("orientation", sorted(FFMPEG_UPRIGHT))
+def test_display_matrix_turns_frames_as_ffmpeg_autorotate_does(tmp_path, orientation):
+    if "libx264" not in av.codecs_available:
+        pytest.skip("PyAV without libx264")
+    path = corner_clip(tmp_path / "c.mp4", *orientation)
+    with av.open(str(path)) as c:
+        frames, _, notes = media.decode_frames(c, str(path))
+    img = frames[0]
+    quarter = orientation[0] in (90, 270)
+    assert img.shape == ((64, 32, 3) if quarter else (32, 64, 3)) and notes == []
+    got = corners(img)
+    white, grey = FFMPEG_UPRIGHT[orientation]
+    assert got[white] > 200 and 90 < got[grey] < 170
+    assert sum(v > 200 for v in got.values()) == 1
+    if shutil.which("ffmpeg"):                      # and the reference itself, where it is installed
+        r = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "image2pipe",
+                            "-vcodec", "pgm", "-"], capture_output=True)
+        head = r.stdout.split(b"\n", 3)
+        w, h = map(int, head[1].split())
+        ref = np.frombuffer(head[3], np.uint8).reshape(h, w)
+        assert ref.shape == img.shape[:2]
+        assert max(corners(ref), key=corners(ref).get) == white
+
+
+def test_extreme_aspect_frames_stay_small_and_keep_their_centre():
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 255, (4, 2000, 3), dtype=np.uint8)          # 1 : 500; uncapped, 256 x 128000
+    crop, clip = media.frame_inputs(wide)
+    assert crop.shape == (3, 224, 224) and clip.shape == (3, 112, 112) and crop.dtype == torch.uint8
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    crop_t, _ = media.frame_inputs(tall)
+    assert crop_t.shape == (3, 224, 224)
+    # a 1 : 5 frame: capped to its central 4 : 1 part, the 224 crop still shows the same picture
+    img = np.zeros((100, 500, 3), np.uint8)
+    img[:, 240:260] = 255                                               # a bright centre stripe
+    crop, _ = media.frame_inputs(img)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    full = media.resize(x, (256, 1280))[0, :, 16:240, 528:752]          # Resize(256) + CenterCrop(224), uncapped
+    assert (crop.float() - full.float()).abs().mean() < 3.0
+    assert crop[0, 112, 100:124].float().mean() > 200                   # the stripe sits in the middle
+
+
+# ----------------------------------------------------------------------------- shards and manifest
+
+def test_shard_rule_is_disjoint_complete_and_order_free():
+    ids = [f"video{i:05d}" for i in range(1000)]
+    owners = [[k for k in range(4) if extract.in_shard(v, k, 4)] for v in ids]
+    assert all(len(o) == 1 for o in owners)
+    counts = np.bincount([o[0] for o in owners], minlength=4)
+    assert counts.min() > 200                                           # balanced enough
+    assert [v for v in ids[::-1] if extract.in_shard(v, 2, 4)] == [v for v in ids if extract.in_shard(v, 2, 4)][::-1]
+    assert extract.resolve_shard(None, {}) == (0, 1, None)
+    assert extract.resolve_shard((1, 3), {"RANK": "0", "WORLD_SIZE": "2"}) == (1, 3, "--shard")
+    assert extract.resolve_shard(None, {"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2, "torchrun")
+    assert extract.resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4",
+                                        "SLURM_ARRAY_TASK_COUNT": "3"}) == (1, 3, "Slurm array")
+    with pytest.raises(AVVPError, match="SLURM_ARRAY_TASK_ID=7 is outside 0..2"):
+        extract.resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "3"})
+    r = run_extract("x.mp4", "--out", "o", "--shard", "2/2")
+    assert r.returncode == 2 and "--shard: 2/2: expected 0 <= K < N" in r.stderr
+
+
+def test_two_torchrun_ranks_write_the_files_of_one_process_and_one_manifest(clips, tmp_path):
+    """A rank that died is rerun alone; then torchrun's two ranks finish the rest. Same thread count
+    (torchrun gives each rank one thread): byte-identical to one process."""
+    videos = [clips["tone"], clips["mute"], clips["broken"]]   # tone: share 0 of 2; mute, broken: share 1
+    assert [extract.in_shard(v, 1, 2) for v in ("tone_0_10", "mute_0_10", "broken")] == [False, True, True]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    common = ["--random_weights", "--no_progress", "--device", "cpu", "--workers", "0"]
+    one = subprocess.run([sys.executable, "-m", "avvp.extract", *map(str, videos), "--out", str(tmp_path / "one"),
+                          *common], capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 2 and "broken.mp4" in one.stderr           # the broken file fails, the others do not
+    many = tmp_path / "many"
+    r = subprocess.run([sys.executable, "-m", "avvp.extract", *map(str, videos), "--out", str(many), "--shard", "1/2",
+                        *common], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "broken.mp4" in r.stderr and "mute_0_10" in r.stderr
+    assert not (many / "manifest.csv").exists() and (many / ".manifest" / "part-1-of-2.csv").is_file()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "avvp.extract",
+                        *map(str, videos), "--out", str(many), *common], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr   # a rank's failed videos are in the manifest: no exit that stops the others
+    out = r.stdout
+    assert "2 video(s) (share 1/2, from torchrun): 1 to extract, 1 already done" in out   # the failed one again
+    assert "1 video(s) (share 0/2, from torchrun): 1 to extract, 0 already done" in out
+    for folder in ("vggish", "res152", "r2plus1d_18"):
+        names = sorted(p.name for p in (tmp_path / "one" / folder).iterdir())
+        assert names == ["mute_0_10.npy", "tone_0_10.npy"] == sorted(p.name for p in (many / folder).iterdir())
+        for name in names:
+            assert (many / folder / name).read_bytes() == (tmp_path / "one" / folder / name).read_bytes()
+    manifest = pd.read_csv(many / "manifest.csv", sep="\t", keep_default_na=False)
+    assert manifest.equals(pd.read_csv(tmp_path / "one" / "manifest.csv", sep="\t", keep_default_na=False))
+    assert manifest["id"].tolist() == ["broken", "mute_0_10", "tone_0_10"]
+    assert manifest["status"].tolist() == ["failed", "done", "done"]
+    assert "cannot decode" in manifest["reason"][0] or "no decodable" in manifest["reason"][0]
+    assert (many / manifest["source"][1]).resolve() == clips["mute"].resolve()
+    r = run_extract("--merge", "--out", many)
+    assert r.returncode == 0 and r.stdout.strip() == f"{many / 'manifest.csv'}: 3 video(s)"

@@ -20,7 +20,7 @@ def write_videos(root, names, seed=0):
 
 
 def test_load_split_values_pooling_and_cache(tmp_path):
-    names = [f"vid{i:08d}_0_10" for i in range(5)]
+    names = [f"vid{i:08d}" for i in range(5)]
     dirs = write_videos(tmp_path, names)
     plain = features.load_split(dirs, names, progress=False, cache=False)
     assert plain["video"].shape == (5, 80, 2048) and plain["video"].dtype == np.float32
@@ -58,7 +58,7 @@ def test_load_split_values_pooling_and_cache(tmp_path):
 
 
 def test_a_packed_copy_whose_shape_or_key_does_not_match_is_rebuilt(tmp_path):
-    names = [f"vid{i:08d}_0_10" for i in range(3)]
+    names = [f"vid{i:08d}" for i in range(3)]
     dirs = write_videos(tmp_path, names)
     want = features.load_split(dirs, names, progress=False, cache=False)["audio"]
     features.load_split(dirs, names, progress=False, cache=True)
@@ -82,29 +82,29 @@ def test_load_feature_accepts_float16_32_64_and_names_the_file_at_fault(tmp_path
     x = rng.standard_normal((10, 128))
     for i, dtype in enumerate((np.float16, np.float32, np.float64)):
         np.save(tmp_path / f"vid{i:08d}.npy", x.astype(dtype))
-        got = features.load_feature(str(tmp_path), f"vid{i:08d}_0_10", (10, 128))
+        got = features.load_feature(str(tmp_path), f"vid{i:08d}", (10, 128))
         assert got.dtype == np.float32 and got.flags.writeable
         assert np.array_equal(got, x.astype(dtype).astype(np.float32))
     path = tmp_path / "vid00000001.npy"
     full = path.read_bytes()
     path.write_bytes(full[:-100])                            # truncated
     with pytest.raises(AVVPError, match=r"vid00000001\.npy: cannot read \.npy"):
-        features.load_feature(str(tmp_path), "vid00000001_0_10", (10, 128))
+        features.load_feature(str(tmp_path), "vid00000001", (10, 128))
     bad = x.astype(np.float32)
     bad[3, 4] = np.nan
     np.save(path, bad)
     with pytest.raises(AVVPError, match=r"vid00000001\.npy: 1 non-finite value"):
-        features.load_feature(str(tmp_path), "vid00000001_0_10", (10, 128))
+        features.load_feature(str(tmp_path), "vid00000001", (10, 128))
     np.save(path, x[:, :64].astype(np.float32))
     with pytest.raises(AVVPError, match=r"vid00000001\.npy: shape \(10, 64\) \(expected \(10, 128\)\)"):
-        features.load_feature(str(tmp_path), "vid00000001_0_10", (10, 128))
-    with pytest.raises(AVVPError, match=r"vid00000009\.npy: feature file missing \(video vid00000009_0_10\)"):
-        features.load_feature(str(tmp_path), "vid00000009_0_10", (10, 128))
+        features.load_feature(str(tmp_path), "vid00000001", (10, 128))
+    with pytest.raises(AVVPError, match=r"vid00000009\.npy: feature file missing"):
+        features.load_feature(str(tmp_path), "vid00000009", (10, 128))
 
 
 def test_auto_cache_covers_every_split_of_a_large_dataset_and_none_of_a_small_one(tmp_path, monkeypatch):
     from avvp import data
-    names = [f"vid{i:08d}_0_10" for i in range(6)]
+    names = [f"vid{i:08d}" for i in range(6)]
     dirs = write_videos(tmp_path, names)
     (tmp_path / "vggish" / "notes.txt").write_text("not a video")
     assert features.count_videos(dirs["audio"]) == 6 and features.count_videos(dirs["audio"], stop=4) == 4
@@ -123,7 +123,7 @@ def test_one_stat_per_file_feeds_the_missing_check_and_the_cache_key(tmp_path):
     dirs = {k: tmp_path / folder for k, (folder, _) in features.MODALITIES.items()}
     for d in dirs.values():
         d.mkdir()
-    names = [f"vid{i:08d}_0_10" for i in range(5)]
+    names = [f"vid{i:08d}" for i in range(5)]
     for i, name in enumerate(names):
         for key, d in dirs.items():
             if (i, key) == (1, "video"):
@@ -155,7 +155,7 @@ def test_split_loading_gives_the_bits_of_reading_each_file_on_its_own(tmp_path):
     """Every row of a split must hold the bits of reading that file on its own (load_feature, then
     segment_means), for float16, float32 and float64 files alike, pooled or not."""
     rng = np.random.default_rng(3)
-    names = [f"vid{i:08d}_0_10" for i in range(12)]
+    names = [f"vid{i:08d}" for i in range(12)]
     d = tmp_path / "res152"
     d.mkdir()
     dtypes = [np.float16, np.float32, np.float64]
@@ -177,7 +177,7 @@ def test_pooled_loading_refuses_nan_and_inf_frames_with_the_full_count(tmp_path)
     (not in the segment means, where inf and -inf of one segment make one NaN), and finite frames
     whose float32 mean overflows pass: the check is on the file's values."""
     from avvp.errors import AVVPError
-    names = [f"vid{i:08d}_0_10" for i in range(3)]
+    names = [f"vid{i:08d}" for i in range(3)]
     d = tmp_path / "res152"
     d.mkdir()
     shape = features.MODALITIES["video"][1]
@@ -201,7 +201,7 @@ def test_a_bad_file_stops_the_split_without_reading_the_rest(tmp_path, monkeypat
     import time
 
     from avvp.errors import AVVPError
-    names = [f"vid{i:08d}_0_10" for i in range(1000)]
+    names = [f"vid{i:08d}" for i in range(1000)]
     d = tmp_path / "vggish"
     d.mkdir()
     x = np.zeros((10, 128), np.float32)

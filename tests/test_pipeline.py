@@ -66,7 +66,7 @@ def ran(tiny, tmp_path_factory):
 
 def test_end_to_end_files_and_handoffs(tiny, ran):
     out, (s1, s2, s3) = ran
-    ckpt = torch.load(out / "m1" / "MMIL_Net.pt", weights_only=False)
+    ckpt = torch.load(out / "m1" / "MMIL_Net.pt", weights_only=True)
     assert ckpt["stage"] == "stage1" and ckpt["epoch"] == 1
     assert set(ckpt["metrics"]) == {"val", "test"} and ckpt["args"]["epochs"] == 1
     # stage 2 loads it strictly (load_model_strict raises on any mismatch) and says so
@@ -121,7 +121,7 @@ def test_zero_epochs_saves_the_initial_weights_as_epoch_0(tiny, tmp_path):
     stdout = run("step1_train_base_model", ["--mode", "train", *paths(tiny), "--epochs", "0",
                                              "--model_save_dir", str(tmp_path)])
     assert f"saved {tmp_path}" in stdout
-    ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["metrics"]["val"] is None and "seg_type" in ckpt["metrics"]["test"]
     torch.manual_seed(1)  # the seed the stage ran with, consumed by nothing before the network
     init = MMIL_Net().state_dict()
@@ -132,7 +132,7 @@ def test_eval_mode_reproduces_training_metrics(tiny, ran):
     out, _ = ran
     stdout = run("step3_retrain", ["--mode", "test", *paths(tiny), "--model_save_dir", f"{out}/m3"])
     again = json.loads((out / "m3" / "test_metrics.json").read_text())
-    ckpt = torch.load(out / "m3" / "MMIL_Net.pt", weights_only=False)
+    ckpt = torch.load(out / "m3" / "MMIL_Net.pt", weights_only=True)
     for k, v in ckpt["metrics"]["test"].items():
         assert again[k] == pytest.approx(v, abs=1e-9)
     assert "stage3: test set" in stdout

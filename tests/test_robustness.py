@@ -66,7 +66,7 @@ def assert_one_line_error(code, err, *needles):
 
 
 def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_state(a, b):

@@ -63,15 +63,16 @@ def test_layout_and_formats(tiny):
         assert end == start + 10
 
     dirs = {k: str(feats / folder) for k, (folder, _) in features.MODALITIES.items()}
-    x = features.load_split(dirs, names["val"], progress=False, cache=False)
+    stems = {split: [llp.video_id(f) for f in names[split]] for split in names}
+    x = features.load_split(dirs, stems["val"], progress=False, cache=False)
     assert x["audio"].shape == (5, 10, 128) and x["video"].shape == (5, 80, 2048) and x["st"].shape == (5, 10, 512)
-    raw = np.load(features.feature_path(dirs["video"], names["val"][0]))
+    raw = np.load(features.feature_path(dirs["video"], stems["val"][0]))
     assert raw.dtype == np.float16 and raw.shape == (80, 2048)
     for split in names:
-        x = features.load_split({"video": dirs["video"], "st": dirs["st"]}, names[split], progress=False, cache=False)
+        x = features.load_split({"video": dirs["video"], "st": dirs["st"]}, stems[split], progress=False, cache=False)
         assert (x["video"] >= 0).all() and (x["st"] >= 0).all()
         assert x["video"].mean() > 0.05              # ReLU'd but not dead
-    a = features.load_split({"audio": dirs["audio"]}, names["train"], progress=False, cache=False)["audio"]
+    a = features.load_split({"audio": dirs["audio"]}, stems["train"], progress=False, cache=False)["audio"]
     assert (a < 0).any() and 0.2 < a.std() < 3.0      # signed, unit-ish scale
     n_npy = sum(len(list((feats / folder).glob("*.npy"))) for folder, _ in features.MODALITIES.values())
     assert n_npy == 3 * len(every)
@@ -134,7 +135,7 @@ def test_deterministic_bytes_and_seed_changes_them(tmp_path, tiny):
 def test_float32_and_regeneration_removes_stale_files(tmp_path):
     first = _gen(tmp_path, seed=1)
     st_dir = tmp_path / "feats" / "r2plus1d_18"
-    features.load_split({"st": str(st_dir)}, first["filenames"]["test"], progress=False)  # packs a cache
+    features.load_split({"st": str(st_dir)}, [llp.video_id(f) for f in first["filenames"]["test"]], progress=False)  # packs a cache
     assert (st_dir / ".packed").is_dir()
     _gen(tmp_path, seed=2, dtype="float32")            # same folders: owned by the generator
     assert not (st_dir / ".packed").exists()           # the stale cache went with the old files

@@ -177,7 +177,7 @@ def test_fit_writes_each_epoch_once_and_the_last_with_its_test_metrics(tmp_path,
     monkeypatch.setattr(engine, "save_checkpoint", spy)
     test = fit(args, split, net, extra={"note": 5})
     assert calls == [(1, ["val"], False), (2, ["val"], True), (3, ["test", "val"], True)]
-    ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "MMIL_Net.pt", weights_only=True)
     assert ckpt["epoch"] == 3 and sorted(ckpt["metrics"]) == ["test", "val"] and ckpt["note"] == 5
     assert ckpt["stage"] == "stage1" and ckpt["args"]["epochs"] == 3 and ckpt["metrics"]["test"] == test
     assert ckpt["arch"] == {"num_classes": 25, "d_model": 512, "frame_pool": "early"}
