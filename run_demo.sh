@@ -17,7 +17,9 @@ if [ "${1:-}" = "--quick" ]; then
   cd step1_train_base_model && python main_avvp.py --mode train --audio_dir $feats/vggish/ --video_dir $feats/res152/ --st_dir $feats/r2plus1d_18 $paths --epochs 1 --model_save_dir $root/models/stage1
   cd ../step2_find_exchange && python main_avvp.py --mode estimate_labels --audio_dir $feats/vggish/ --video_dir $feats/res152/ --st_dir $feats/r2plus1d_18 $paths $s2
   cd ../step3_retrain && python main_avvp.py --mode retrain --audio_dir $feats/vggish/ --video_dir $feats/res152/ --st_dir $feats/r2plus1d_18 $paths --epochs 1 --model_save_dir $root/models/stage3 --label_ma $root/stage2/modality_aware_labels.csv
+  python main_avvp.py --mode parse --audio_dir $feats/vggish/ --video_dir $feats/res152/ --st_dir $feats/r2plus1d_18 $paths --model_save_dir $root/models/stage3 --parse_out $root/parse
   cd .. && python -m avvp.report --stage1 $root/models/stage1 --stage2 $root/stage2 --stage3 $root/models/stage3
+  echo "stage 3 on the test split, to look at: $root/parse/index.html"
   exit 0
 fi
 
@@ -28,4 +30,6 @@ fi
 (cd step1_train_base_model && python main_avvp.py --mode train --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)
 (cd step2_find_exchange && python main_avvp.py --mode estimate_labels --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)
 (cd step3_retrain && python main_avvp.py --mode retrain --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)
+(cd step3_retrain && python main_avvp.py --mode parse --audio_dir ../feats/vggish/ --video_dir ../feats/res152/ --st_dir ../feats/r2plus1d_18)
 python -m avvp.report
+echo "stage 3 on the test split, to look at: $(pwd)/step3_retrain/outputs/parse/index.html"

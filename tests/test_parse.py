@@ -171,7 +171,8 @@ def test_parse_dir_needs_no_label_file(trained, reference, tmp_path):
     r = ok(stage1("--mode", "parse", "--parse_dir", str(root / "feats"), "--parse_out", str(out_dir), *args,
                   "--label_train", str(missing), "--label_val", str(missing),
                   "--eval_audio", str(missing), "--eval_visual", str(missing)))
-    assert sorted(p.name for p in out_dir.iterdir()) == ["pred_audio.csv", "pred_visual.csv", "video_probs.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["index.html", "pred_audio.csv", "pred_visual.csv",
+                                                         "video_probs.csv"]
     vp = pd.read_csv(out_dir / "video_probs.csv", sep="\t")
     ids = sorted(f[:11] for s in ("train", "val", "test")
                  for f in llp.read_weak(root / "data" / synth.WEAK_FILES[s]).filenames)
@@ -217,4 +218,34 @@ def test_parse_dir_folders_and_partial_ids(tmp_path, capsys):
             np.save(os.path.join(d, vid + ".npy"), np.zeros(1))
     np.save(os.path.join(dirs["st"], "ccccccccccc.npy"), np.zeros(1))                 # only one modality
     assert parse.video_ids(dirs) == ["aaaaaaaaaaa", "bbbbbbbbbbb"]
-    assert "skipping 1 video id(s)" in capsys.readouterr().err
+    assert "skipping 1 video id(s) lacking a feature file in some of" in capsys.readouterr().err.replace("\n", " ")
+    for d in dirs.values():
+        os.makedirs(os.path.join(d, "folder.npy"))                              # a folder is no feature file
+        np.save(os.path.join(d, "a\tb.npy"), np.zeros(1))                        # a name no table can hold
+    assert parse.video_ids(dirs) == ["aaaaaaaaaaa", "bbbbbbbbbbb"]
+    err = capsys.readouterr().err
+    assert "leaving out 1 feature file(s) whose name holds a tab or line break: 'a\\tb'" in err
+    assert err.strip().endswith(": ccccccccccc")                                # the skipped id, named
+
+
+def test_parse_dir_reads_each_stem_as_it_is(trained, tmp_path):
+    """abcdefghijk.npy and abcdefghijk_0_10.npy are two videos, each read from its own files; a
+    labelled parse's scores in the output folder do not outlive a parse without truth."""
+    root, base, out, _ = trained
+    feats = tmp_path / "feats"
+    rng = np.random.default_rng(0)
+    for folder, shape in (("vggish", (10, 128)), ("res152", (80, 2048)), ("r2plus1d_18", (10, 512))):
+        (feats / folder).mkdir(parents=True)
+        for stem in ("abcdefghijk", "abcdefghijk_0_10"):
+            np.save(feats / folder / f"{stem}.npy", rng.random(shape, dtype=np.float32) * (3 if "_" in stem else 1))
+    parsed = tmp_path / "parsed"
+    import shutil
+    shutil.copytree(out, parsed)                                          # holds metrics.json of a scored parse
+    assert (parsed / "metrics.json").is_file()
+    r = ok(stage1("--mode", "parse", "--parse_dir", str(feats), "--parse_out", str(parsed), *base))
+    vp = pd.read_csv(parsed / "video_probs.csv", sep="\t")
+    assert sorted(vp["filename"].unique()) == ["abcdefghijk", "abcdefghijk_0_10"]
+    a, b = (vp[vp["filename"] == f]["audio_prob"].to_numpy() for f in ("abcdefghijk", "abcdefghijk_0_10"))
+    assert not np.array_equal(a, b)                                       # two videos, not one read twice
+    assert not (parsed / "metrics.json").exists() and not (parsed / "per_class_f.csv").exists()
+    assert "removed" in r.stdout and "metrics.json" in r.stdout
