@@ -150,6 +150,10 @@ def load_model_strict(model, ckpt, path):
     except (RuntimeError, TypeError) as e:  # TypeError: 'model' is not a state dict at all
         detail = " ".join(line.strip() for line in str(e).strip().splitlines()[:3])
         raise AVVPError(f"{path}: architecture does not match this model ({detail[:300]})") from None
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise AVVPError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); the run that "
+                        "wrote it diverged")
 
 
 def load_into(model, path, hint=None):

@@ -14,6 +14,7 @@ import torch
 from . import features, llp
 from .data import FeatureSource
 from .errors import AVVPError
+from .files import ensure_writable_dir
 from .timing import clock
 
 LR_STEP, LR_GAMMA = 10, 0.1  # the released schedule: StepLR(step_size=10, gamma=0.1) over 12 epochs
@@ -52,6 +53,20 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, kind=float):
     return parse
 
 
+def threads_arg(text):
+    """argparse type of --threads: 0 (torch's default) up to this machine's CPU threads (more only
+    slows every step down: 2,000 threads made a 0.5 s epoch take 73 s)."""
+    n = number(0, kind=int)(text)
+    if n > (os.cpu_count() or 1):
+        raise argparse.ArgumentTypeError(f"{n} is more than this machine's {os.cpu_count()} CPU threads")
+    return n
+
+
+threads_arg.__name__ = "int"
+# numpy's seeds are 0 .. 2**32 - 1; python's and torch's take more, so numpy's range bounds the one --seed
+SEED = number(0, 2**32 - 1, kind=int)
+
+
 # Hidden from --help's list, named in its epilog: switches that change speed, not results
 # (docs/PERFORMANCE.md); benchmarks set them
 SPEED_NOTE = "speed switches, same results (not listed above; docs/PERFORMANCE.md): "
@@ -71,7 +86,7 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
     g.add_argument("--eval_visual", default="../data/AVVP_eval_visual.csv", help="dense visual truth (val+test)")
     g.add_argument("--skip_missing", action="store_true",
                    help="drop videos whose feature files are missing (reporting how many) instead of failing")
-    g.add_argument("--seed", type=int, default=1, help="seeds python, numpy and torch")
+    g.add_argument("--seed", type=SEED, default=1, help="seeds python, numpy and torch (0 .. 2**32 - 1)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--model_save_dir", default="models/", help="where checkpoints and metrics go")
     g.add_argument("--checkpoint", default=checkpoint, help="checkpoint file name in --model_save_dir")
@@ -89,7 +104,7 @@ def add_common_args(p, epochs=12, checkpoint="MMIL_Net.pt", training=True):
     p.add_argument("--feature_cache", choices=["auto", "on", "off"], default="auto", help=hide)
     # early: average the res152 frames of a segment before fc_v (the same function, 8x less work)
     p.add_argument("--frame_pool", choices=["early", "late"], default="early", help=hide)
-    p.add_argument("--threads", type=number(0, kind=int), default=0, help=hide)  # 0: torch's default
+    p.add_argument("--threads", type=threads_arg, default=0, help=hide)  # 0: torch's default
     if training:
         # the training step in one CUDA graph (auto: when the features sit on a CUDA device)
         p.add_argument("--graph", choices=["auto", "on", "off"], default="auto", help=hide)
@@ -157,6 +172,24 @@ def path_args(data_dir, feats_dir, **override):
     return [arg for flag, path in flags.items() for arg in (f"--{flag}", os.fspath(path))]
 
 
+def check_folds(folds, n_videos, split="train"):
+    """--folds K needs at least one video in each of its K folds."""
+    if folds > n_videos:
+        raise AVVPError(f"--folds {folds}: more folds than the {n_videos} {split} videos (each fold model must hold "
+                        f"at least one video out; at most --folds {n_videos})")
+
+
+def check_model_output(model_save_dir, checkpoint):
+    """Before any loading: the checkpoint's folder is writable and --checkpoint names a file in it
+    (not empty, not a folder), so a run never trains for minutes and then cannot save."""
+    path = os.path.join(model_save_dir, checkpoint)
+    if not checkpoint or checkpoint.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise AVVPError(f"--checkpoint {checkpoint!r}: expected a file name in --model_save_dir ({model_save_dir})")
+    ensure_writable_dir(os.path.dirname(path) or ".", "--model_save_dir")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise AVVPError(f"{path}: checkpoint file is not writable")
+
+
 def seed_everything(seed):
     """One seed for python, numpy and torch (CPU and every CUDA device)."""
     random.seed(seed)
@@ -165,15 +198,23 @@ def seed_everything(seed):
 
 
 def resolve_device(name="auto"):
-    """'auto' -> cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given."""
+    """'auto' -> cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' (a GPU this machine has),
+    'mps' (where available) as given; anything else is a one-line error."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise AVVPError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise AVVPError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AVVPError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise AVVPError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (torch.backends.mps.is_available()):
+        raise AVVPError(f"--device {name}: Apple's MPS is not available on this machine (use --device cpu or auto)")
     return dev
 
 

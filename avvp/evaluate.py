@@ -13,7 +13,6 @@ Command line:
     python -m avvp.evaluate --label AVVP_test_pd.csv --eval_audio AVVP_eval_audio.csv \
         --eval_visual AVVP_eval_visual.csv --pred_audio pred_audio.csv --pred_visual pred_visual.csv [--json]
 """
-import argparse
 import functools
 import json
 import sys
@@ -24,6 +23,7 @@ import pandas as pd
 
 from . import llp
 from .llp import CLASSES, NUM_CLASSES, NUM_SEGMENTS
+from .config import ArgumentParser
 from .errors import AVVPError, cli
 
 KEYS = ("seg_a", "seg_v", "seg_av", "seg_type", "seg_event",
@@ -254,8 +254,8 @@ def evaluate_files(label_csv, eval_audio, eval_visual, pred_audio, pred_visual):
 # ----------------------------------------------------------------------------- command line
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m avvp.evaluate",
-                                description="Score LLP segment predictions (dense files) with the LLP protocol.")
+    p = ArgumentParser(prog="python -m avvp.evaluate",
+                       description="Score LLP segment predictions (dense files) with the LLP protocol.")
     p.add_argument("--label", required=True, help="weak label file of the split, e.g. AVVP_test_pd.csv")
     p.add_argument("--eval_audio", required=True, help="dense audio truth, e.g. AVVP_eval_audio.csv")
     p.add_argument("--eval_visual", required=True, help="dense visual truth, e.g. AVVP_eval_visual.csv")

@@ -136,7 +136,8 @@ def decode_frames(container, path, seconds=SECONDS, convert=None):
     select = CFRSelector(_rate(stream))
     frames, times, prev, notes = [], [], None, []
     ops = None
-    for frame in container.decode(stream):
+    skipped = []
+    for frame in decoded(container, stream, skipped):
         if frame.pts is None:
             continue
         t = float(frame.pts * frame.time_base) - start
@@ -158,9 +159,24 @@ def decode_frames(container, path, seconds=SECONDS, convert=None):
             frames += [item] * n
             times += [t] * n
         prev = [frame, t, item]
+    if skipped:
+        notes.append(f"{path}: {len(skipped)} corrupt video packet(s) skipped (first: {skipped[0]}), as ffmpeg skips them")
     if not frames:
         raise AVVPError(f"{path}: no decodable video frame in the first {seconds} s")
     return frames, times, notes
+
+
+def decoded(container, stream, skipped):
+    """The stream's frames, decoded packet by packet: a packet the decoder rejects is skipped (its
+    error appended to `skipped`) and decoding goes on, as ffmpeg's command line does."""
+    av = require_av()
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError as e:
+            skipped.append(" ".join(str(e).split())[:120])
+            continue
+        yield from frames
 
 
 def chosen_frames(frames, frames_out=FRAMES):
@@ -173,10 +189,12 @@ def chosen_frames(frames, frames_out=FRAMES):
 
 # ----------------------------------------------------------------------------- audio
 
-def decode_audio(container, path, seconds=SECONDS):
+def decode_audio(container, path, seconds=SECONDS, skipped=None):
     """The first `seconds` of the first audio track at 16 kHz, channels averaged: (seconds*16000,)
-    float32 in [-1, 1], zero-padded; None when the file has no audio track."""
+    float32 in [-1, 1], zero-padded; None when the file has no audio track. Corrupt packets are
+    skipped, their errors appended to `skipped`."""
     av = require_av()
+    skipped = [] if skipped is None else skipped
     if not container.streams.audio:
         return None
     stream = container.streams.audio[0]
@@ -184,7 +202,7 @@ def decode_audio(container, path, seconds=SECONDS):
     resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)  # keeps the channels; averaged below
     n = seconds * SAMPLE_RATE
     chunks, first, have = [], None, 0
-    for frame in container.decode(stream):
+    for frame in decoded(container, stream, skipped):
         if first is None and frame.pts is not None:
             first = float(frame.pts * frame.time_base) - start
         for out in resampler.resample(frame):
@@ -296,10 +314,13 @@ def decode(path, dump_dir=None):
     try:
         with av.open(path) as container:
             frames, _, notes = decode_frames(container, path, convert=convert)
+        skipped = []
         with av.open(path) as container:
-            wave = decode_audio(container, path)
+            wave = decode_audio(container, path, skipped=skipped)
     except av.FFmpegError as e:
         raise AVVPError(f"{path}: cannot decode ({e})") from None
+    if skipped:
+        notes.append(f"{path}: {len(skipped)} corrupt audio packet(s) skipped (first: {skipped[0]}), as ffmpeg skips them")
     frames, padded = chosen_frames(frames)
     if padded:
         notes.append(f"{path}: shorter than {SECONDS} s of video; last frame repeated to {FRAMES} frames")

@@ -197,11 +197,20 @@ def find_weights(names, weights_dir=None, download=False):
     return found
 
 
+def _short(e, limit=300):
+    """An exception's text on one line, cut to `limit` characters (torch lists every missing key)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def load_state(path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: torch raises several types
-        raise AVVPError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        raise AVVPError(f"{path}: cannot read weights ({type(e).__name__}: {_short(e)})") from None
+    if not isinstance(state, dict):
+        raise AVVPError(f"{path}: not a state dict of weights (holds a {type(state).__name__})")
+    return state
 
 
 def load_into(net, path, ignore=()):
@@ -210,7 +219,7 @@ def load_into(net, path, ignore=()):
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise AVVPError(f"{path}: does not fit the network ({e})") from None
+        raise AVVPError(f"{path}: does not fit the network ({_short(e)})") from None
 
 
 def build(random_weights=False, postprocess=False, weights_dir=None, download=False):
@@ -231,9 +240,9 @@ def build(random_weights=False, postprocess=False, weights_dir=None, download=Fa
             state.update(pca_eigen_vectors=torch.as_tensor(pca["pca_eigen_vectors"], dtype=torch.float32),
                          pca_means=torch.as_tensor(pca["pca_means"], dtype=torch.float32).reshape(128, 1))
         except (KeyError, RuntimeError, TypeError) as e:
-            raise AVVPError(f"{paths['vggish_pca']}: not VGGish PCA parameters ({e})") from None
+            raise AVVPError(f"{paths['vggish_pca']}: not VGGish PCA parameters ({_short(e)})") from None
     try:
         vggish.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise AVVPError(f"{paths['vggish']}: does not fit the network ({e})") from None
+        raise AVVPError(f"{paths['vggish']}: does not fit the network ({_short(e)})") from None
     return {k: n.eval() for k, n in nets.items()}

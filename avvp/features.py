@@ -31,6 +31,9 @@ MODALITIES = {
     "st": ("r2plus1d_18", (10, 512)),
 }
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
+# the networks' features stay within a few hundred (VGGish post-processed: 0-255); at 1e20 the
+# attention's float32 dot products overflow to inf and the probabilities come out NaN
+FEATURE_LIMIT = 1e6
 PACKED_DIR = ".packed"
 MANIFEST = "manifest.csv"  # written by avvp.extract: where each id's video came from, and how it went
 MANIFEST_COLUMNS = ("id", "source", "status", "reason")
@@ -51,11 +54,14 @@ def check_array(arr, shape, where):
         raise AVVPError(f"{where}: dtype {arr.dtype} (expected float16, float32 or float64)")
     if tuple(arr.shape) != tuple(shape):
         raise AVVPError(f"{where}: shape {tuple(arr.shape)} (expected {tuple(shape)})")
-    arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise AVVPError(f"{where}: {bad} non-finite value(s) (NaN or inf)")
-    return arr
+    big = np.abs(arr) > FEATURE_LIMIT
+    if big.any():
+        raise AVVPError(f"{where}: {int(big.sum())} value(s) beyond +-{FEATURE_LIMIT:g} (largest {np.abs(arr).max():.3g}): "
+                        "not features of these networks, and the model's float32 sums would overflow")
+    return np.asarray(arr, dtype=np.float32)
 
 
 def load_feature(folder, stem, shape):

@@ -150,8 +150,9 @@ def read_dense(path, warn=True, allow_empty=False, missing_hint=None):
     Malformed rows (bad filename, non-integer or out-of-range onset/offset, no class or several
     classes in one row) are dropped with a warning naming their line numbers, so that they can
     never be attached to a video. Rows with onset >= offset cover no segment (as in the released
-    code, where `GT[c, on:off] = 1` is then a no-op); they are kept and mark nothing. Unknown
-    class names are an error.
+    code, where `GT[c, on:off] = 1` is then a no-op); they are kept and mark nothing, those with
+    onset > offset with a warning, and a file where most rows have onset > offset is an error
+    (its columns are swapped). Unknown class names are an error.
     """
     table, line_nos = read_table(path, ["filename", "onset", "offset", "event_labels"], allow_empty=allow_empty,
                                  missing_hint=missing_hint)
@@ -167,6 +168,13 @@ def read_dense(path, warn=True, allow_empty=False, missing_hint=None):
         bad_lines = line_nos[~ok].tolist()
         warnings.warn(f"{path}: skipped {len(bad_lines)} malformed row(s) at line(s) "
                       f"{', '.join(map(str, bad_lines))}", MalformedRowWarning, stacklevel=2)
+    inverted = ok & (onset > offset)
+    if inverted.sum() > 0.5 * max(1, ok.sum()):
+        raise AVVPError(f"{path}: {int(inverted.sum())} of {int(ok.sum())} rows have onset > offset (first: line "
+                        f"{line_nos[inverted][0]}): are the onset and offset columns swapped?")
+    if inverted.any() and warn:
+        warnings.warn(f"{path}: {int(inverted.sum())} row(s) with onset > offset mark no segment, line(s) "
+                      f"{', '.join(map(str, line_nos[inverted][:10].tolist()))}", MalformedRowWarning, stacklevel=2)
     cls = np.array([parse_class_list(t, path, ln)[0] for t, ln in zip(table["event_labels"][ok], line_nos[ok])],
                    dtype=np.int64)
     return pd.DataFrame({"filename": table["filename"][ok].to_numpy(dtype=object),

@@ -127,8 +127,13 @@ def contrastive_target(t, smoothing, like):
 
 def clamped_bce(prob, target, reduction="mean"):
     """BCE with the probability clamped to [1e-7, 1 - 1e-7] first, as released (pooled probabilities
-    can reach 0 or 1 exactly)."""
-    return F.binary_cross_entropy(prob.clamp(PROB_EPS, 1 - PROB_EPS), target, reduction=reduction)
+    can reach 0 or 1 exactly). A NaN probability (a diverging run) makes the loss NaN, which the
+    trainer stops on, instead of failing inside BCE (an error on the CPU, a device assert on CUDA,
+    for any input outside [0, 1]); with finite probabilities the value and gradients are unchanged
+    (x + 0 * s = x)."""
+    loss = F.binary_cross_entropy(torch.nan_to_num(prob, nan=0.5).clamp(PROB_EPS, 1 - PROB_EPS), target,
+                                  reduction=reduction)
+    return loss + 0 * prob.sum()
 
 
 def smoothed_visual(y, smoothing):

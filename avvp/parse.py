@@ -194,6 +194,10 @@ def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None, sou
 
 def write_outputs(out_dir, split, probs, extra=None):
     """Threshold, tabulate and write; score against split.gt_a / gt_v when present."""
+    bad = ~np.isfinite(probs["frame_prob"]).all((1, 2, 3))                # (N,)
+    if bad.any():
+        raise AVVPError(f"the model's probabilities are NaN for {int(bad.sum())} video(s) (first: "
+                        f"{split.filenames[int(np.flatnonzero(bad)[0])]}); nothing written")
     pred_a, pred_v = llp_eval.predict_segments(probs["frame_prob"], probs["audio_prob"], probs["visual_prob"])
     tables = event_tables(pred_a, pred_v, split.filenames)
     paths = []

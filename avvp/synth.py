@@ -66,6 +66,7 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
+from .config import SEED, ArgumentParser, number
 from .errors import AVVPError, cli
 from .features import MODALITIES, modality_dirs
 from .files import atomic_write_text
@@ -361,21 +362,22 @@ def needs_default(data_dir):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m avvp.synth", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m avvp.synth", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default="data", help="label files go here (default: data)")
     p.add_argument("--feats_dir", default="feats", help="vggish/, res152/, r2plus1d_18/ go here (default: feats)")
-    p.add_argument("--num_train", type=int, default=DEFAULTS["num_train"], help="train videos (default: %(default)s)")
-    p.add_argument("--num_val", type=int, default=DEFAULTS["num_val"], help="val videos (default: %(default)s)")
-    p.add_argument("--num_test", type=int, default=DEFAULTS["num_test"], help="test videos (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="one seed for everything (default: %(default)s)")
+    p.add_argument("--num_train", type=number(0, kind=int), default=DEFAULTS["num_train"], help="train videos (default: %(default)s)")
+    p.add_argument("--num_val", type=number(0, kind=int), default=DEFAULTS["num_val"], help="val videos (default: %(default)s)")
+    p.add_argument("--num_test", type=number(0, kind=int), default=DEFAULTS["num_test"], help="test videos (default: %(default)s)")
+    p.add_argument("--seed", type=SEED, default=DEFAULTS["seed"],
+                   help="one seed for everything, 0 .. 2**32 - 1 (default: %(default)s)")
     p.add_argument("--labels_from", default=None, metavar="DIR",
                    help="reuse real LLP label files from DIR (AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv, "
                         "AVVP_eval_audio.csv, AVVP_eval_visual.csv): val/test features follow their dense truth; "
                         "--num_* take the first N videos of each file")
     p.add_argument("--dtype", choices=("float16", "float32"), default=DEFAULTS["dtype"],
                    help="feature file dtype (default: %(default)s; float16 halves the disk size)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=number(1, kind=int), default=None,
                    help="processes rendering features (default: one per CPU, at most 8; the output is the same)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p

@@ -37,7 +37,6 @@ precision / recall: which classes a row gains or loses on.
 sooner than one job on 2 threads; one thread rounds float sums in another order, so the figures
 are another draw of the same runs).
 """
-import argparse
 import json
 import sys
 import time
@@ -54,7 +53,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from avvp import llp, synth  # noqa: E402
 from avvp.report import drop_quality  # noqa: E402
 from avvp.config import path_args  # noqa: E402
-from pipeline import oracle_csv, shown, stage, train_presence, truth_flags  # noqa: E402
+from avvp.config import number  # noqa: E402
+from avvp.errors import cli  # noqa: E402
+from pipeline import bench_parser, check_synthetic, oracle_csv, shown, stage, train_presence, truth_flags  # noqa: E402
 
 STAGE3_KEYS = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "seg Type@AV",
                "evt_type": "evt Type@AV"}
@@ -155,22 +156,19 @@ def mean_std(values, std=True):
     return (f"{np.mean(v):.3f}" + (f" +- {np.std(v):.3f}" if std else "")) if v else "n/a"
 
 
+@cli
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--data_dir", default=str(ROOT / "data"))
-    p.add_argument("--feats_dir", default=str(ROOT / "feats"))
-    p.add_argument("--workdir", default=str(ROOT / "runs" / "estimators"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--epochs", type=int, default=12, help="epochs of stages 1 and 3 (12: the released recipe)")
+    p = bench_parser(__doc__, "estimators")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimators"))
     p.add_argument("--rows", nargs="+", choices=[*ESTIMATORS, *STAGE3_OPTIONS, *FIXED], metavar="ROW",
                    help="run and print only these rows (default: all); stage1 is always printed")
-    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (> 1: every stage on one CPU thread)")
+    p.add_argument("--jobs", type=number(1, kind=int), default=1,
+                   help="seeds run at once (> 1: every stage on one CPU thread)")
     p.add_argument("--per_class", action="store_true",
                    help="also tabulate each row's segment visual F and visual drops per class (parse mode on the test split)")
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
+    check_synthetic(data)
     if not (data / llp.WEAK_FILES["train"]).is_file():
         synth.generate(data, feats)
     work.mkdir(parents=True, exist_ok=True)

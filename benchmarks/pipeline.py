@@ -18,8 +18,10 @@ the 10 LLP test numbers for each, and writes benchmarks/results/pipeline.{json,m
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(ROOT))
 from avvp import llp, synth  # noqa: E402
-from avvp.config import path_args  # noqa: E402
+from avvp.config import SEED, ArgumentParser, number, path_args  # noqa: E402
+from avvp.errors import AVVPError, cli  # noqa: E402
 from avvp.evaluate import KEYS  # noqa: E402
 
 
@@ -43,16 +46,51 @@ NAMES = {"seg_a": "seg A", "seg_v": "seg V", "seg_av": "seg AV", "seg_type": "se
          "evt_a": "evt A", "evt_v": "evt V", "evt_av": "evt AV", "evt_type": "evt Type", "evt_event": "evt Event"}
 
 
+FAILED = threading.Event()  # a run failed: the runs not started yet (other seeds' too) are not started
+
+
 def stage(folder, args, log, done=None):
+    """Run one stage from its folder, logged; its error line (or last line) as an AVVPError when it fails."""
     if done is not None and Path(done).is_file():
         return 0.0
+    if FAILED.is_set():
+        raise AVVPError("stopped: an earlier run failed")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "main_avvp.py", *args], cwd=ROOT / folder, capture_output=True, text=True)
     log.write(f"$ (cd {folder} && python main_avvp.py {' '.join(args)})\n{r.stdout}\n{r.stderr}\n")
     log.flush()
     if r.returncode:
-        sys.exit(f"{folder} failed ({' '.join(args)}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        FAILED.set()
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()] or ["(no output)"]
+        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1])
+        raise AVVPError(f"{folder} --mode {args[args.index('--mode') + 1] if '--mode' in args else '?'} failed "
+                        f"({last.removeprefix('error: ')}); its log: {log.name}")
     return time.perf_counter() - t0
+
+
+def bench_parser(description, workdir):
+    """The flags both benchmarks share; paths are made absolute (the stages run from their folders)."""
+    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[1, 2, 3])
+    p.add_argument("--data_dir", type=absolute, default=str(ROOT / "data"))
+    p.add_argument("--feats_dir", type=absolute, default=str(ROOT / "feats"))
+    p.add_argument("--workdir", type=absolute, default=str(ROOT / "runs" / workdir))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=number(0, kind=int), default=12, help="epochs of stages 1 and 3 (12: the released recipe)")
+    return p
+
+
+def absolute(text):
+    return os.path.abspath(text)
+
+
+def check_synthetic(data):
+    """The benchmarks score stage 2's drops against the synthetic train truth: a set without it
+    (real LLP has none) is a one-line error."""
+    missing = [t for t in truth_paths(data) if not os.path.isfile(t)]
+    if (Path(data) / llp.WEAK_FILES["train"]).is_file() and missing:
+        raise AVVPError(f"{missing[0]}: not found; the benchmarks score stage 2 against the synthetic train truth, "
+                        f"which {data} lacks (real LLP has none): point --data_dir / --feats_dir at a synthetic set")
 
 
 def truth_paths(data):
@@ -78,14 +116,9 @@ def oracle_csv(data, path):
     llp.write_modality_labels(path, train.filenames, y, y & ta, y & tv)
 
 
+@cli
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--data_dir", default=str(ROOT / "data"))
-    p.add_argument("--feats_dir", default=str(ROOT / "feats"))
-    p.add_argument("--workdir", default=str(ROOT / "runs" / "bench"))
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--device", default="auto")
+    p = bench_parser(__doc__, "bench")
     p.add_argument("--extras", action="store_true",
                    help="also run labels_only and oracle_no_contrast (3 more runs per seed)")
     p.add_argument("--runs", nargs="+", choices=["HAN", "stage1", "stage3", "oracle"],
@@ -95,6 +128,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipeline"))
     a = p.parse_args()
     data, feats, work = Path(a.data_dir), Path(a.feats_dir), Path(a.workdir)
+    check_synthetic(data)
     if not (data / llp.WEAK_FILES["train"]).is_file():
         synth.generate(data, feats)
     work.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,11 @@ def main(argv=None):
         return
 
     # 1. the weak labels and the features of the three splits
+    config.check_model_output(args.model_save_dir, args.checkpoint)
     train, val, test = dataloader.load_splits(config.feature_source(args), args.label_train, args.label_val,
                                               args.label_test, args.eval_audio, args.eval_visual, device)
     # 2. targets: every weak label for the video, the audio and (smoothed) the visual prediction
+    config.check_folds(args.folds, len(train))
     targets = model.targets(train.labels, args.visual_smoothing)
     # 3. train HAN + MMIL + contrastive: val every epoch, test at the end, checkpoint saved
     print(f"stage 1: {len(train)} train / {len(val)} val / {len(test)} test videos, "

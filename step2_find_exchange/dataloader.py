@@ -2,6 +2,7 @@
 against (synthetic train), and the three files it hands on."""
 import json
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,20 @@ def pick_partners(labels, seed, filenames=None, draws=1, max_rounds=64):
     exhaustive search. (draws, N) int64.
     """
     bits = label_bits(labels)
+    if draws > 1:
+        few = valid_partner_counts(bits) < draws                              # (N,)
+        if few.any():
+            name = filenames[int(np.argmax(few))] if filenames is not None else f"#{int(np.argmax(few))}"
+            print(f"warning: --partners {draws}: {int(few.sum())} video(s) have fewer valid partners than that "
+                  f"(first: {name}); their partners repeat", file=sys.stderr)
     rng = np.random.default_rng(seed)
     return np.stack([_draw_partners(bits, rng, filenames, max_rounds) for _ in range(draws)])
+
+
+def valid_partner_counts(bits, chunk=2048):
+    """(N,) how many videos share no class with each video (label bit sets (N,)), in chunks of rows."""
+    return np.concatenate([((bits[i:i + chunk, None] & bits[None, :]) == 0).sum(1)
+                           for i in range(0, len(bits), chunk)])
 
 
 def _draw_partners(bits, rng, filenames, max_rounds):

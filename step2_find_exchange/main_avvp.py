@@ -23,6 +23,7 @@ import model
 # --recipe robust: every train video read by a model blind to it, swapped with 8 partners, and a label
 # dropped where the val split's dense truth says that evidence more likely means absent than present
 ROBUST = {"folds": 2, "partners": 8, "estimator": "calibrated"}
+MAX_PARTNERS = 64  # each partner is one more pair of passes over the train split (50: 8.9 s on 40 videos)
 
 
 def get_args(argv=None):
@@ -36,10 +37,12 @@ def get_args(argv=None):
                         "thresholds scaled by the model's per-class train error; calibrated = drop where "
                         "P(modality absent | evidence) > 0.5, fit on the val split's dense truth (--eval_audio / "
                         "--eval_visual, which LLP ships), meant with --folds")
-    g.add_argument("--threshold_factor", type=number(0), default=0.5,
-                   help="released: drop a label when both swapped probs fall below factor * normalised class error")
-    g.add_argument("--partners", type=number(1, kind=int), default=1,
-                   help="swap partners per video, the swapped probs averaged over them (1: the released swap)")
+    g.add_argument("--threshold_factor", type=number(0, 1), default=0.5,
+                   help="released: drop a label when both swapped probs fall below factor * normalised class error "
+                        "(0 .. 1; at 1 the class of largest error drops every label)")
+    g.add_argument("--partners", type=number(1, MAX_PARTNERS, kind=int), default=1,
+                   help=f"swap partners per video, the swapped probs averaged over them (1: the released swap; "
+                        f"at most {MAX_PARTNERS})")
     g.add_argument("--folds", type=number(1, kind=int), default=1,
                    help="K >= 2: read each train video with the fold model that never trained on it "
                         "(<model_save_dir>/fold<k>of<K>/, from stage 1 or stage 3 --folds K), so that memorised train "
@@ -67,6 +70,7 @@ def main(argv=None):
         models = model.load_models(args.model_save_dir, args.checkpoint, args.folds, device)
     source = config.feature_source(args, pool_frames=models[0].net.frame_pool == "early")
     train = data.load_split(source, args.label_train, device, name="train")
+    config.check_folds(args.folds, len(train))
     val = None
     if estimate.reads_val:  # the val split with its dense truth; every fold model is blind to val
         val = dataloader.load_val(source, args.label_val, args.eval_audio, args.eval_visual, device)

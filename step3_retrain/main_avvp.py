@@ -10,6 +10,7 @@ Ablations: edit the defaults of the "stage 3 method" group below (or pass the fl
 import argparse
 import functools
 import os
+import sys
 
 from avvp import config, engine, llp, stage
 from avvp.config import add_loss_args, number
@@ -51,8 +52,11 @@ def get_args(argv=None):
     config.add_recipe_arg(g, ROBUST)
     args = config.parse_with_recipe(p, argv, ROBUST)
     if args.folds > 1 and args.denoise != "off":
-        why = " (set by --recipe robust; pass --folds 1)" if args.recipe == "robust" else ""
-        p.error(f"--folds {args.folds}{why} trains on stage 2's labels; it does not combine with --denoise {args.denoise}")
+        typed = any(a == "--folds" or a.startswith("--folds=") for a in (argv if argv is not None else sys.argv[1:]))
+        if args.recipe == "robust" and not typed:
+            p.error(f"--recipe robust trains fold models on stage 2's labels, which --denoise {args.denoise} replaces: "
+                    f"use one of the two (or add --folds 1 to keep the rest of the robust recipe)")
+        p.error(f"--folds {args.folds} trains on stage 2's labels; it does not combine with --denoise {args.denoise}")
     return args
 
 
@@ -66,6 +70,7 @@ def main(argv=None):
         return
 
     # 1. stage 2's modality-aware labels, aligned to the train split; the features of the three splits
+    config.check_model_output(args.model_save_dir, args.checkpoint)
     train, val, test, audio, visual = dataloader.load_splits(
         config.feature_source(args), args.label_ma, args.label_train, args.label_val, args.label_test,
         args.eval_audio, args.eval_visual, device)
@@ -73,6 +78,7 @@ def main(argv=None):
     make_targets = functools.partial(model.targets, train.labels, visual_smoothing=args.visual_smoothing,
                                      quirk=args.quirk_video_target, smooth_dropped=args.smooth_dropped)
     targets = make_targets(audio, visual)
+    config.check_folds(args.folds, len(train))
     y = train.labels > 0
     print(f"stage 3: {len(train)} train videos, {int(y.sum())} weak labels; modality-aware labels from "
           f"{args.label_ma}: {int((y & (audio == 0)).sum())} audio and {int((y & (visual == 0)).sum())} visual dropped")
