@@ -102,8 +102,13 @@ BAD_FLAGS = [  # (stage folders, flag, value, what the error says about the valu
     ((STAGE1, STAGE3), "--epochs", "-1", "-1 is not a finite number >= 0"),
     ((STAGE1, STAGE3), "--contrastive_smoothing", "1", "1 is not a finite number >= 0 and < 1"),
     ((STAGE1, STAGE3), "--visual_smoothing", "1.5", "1.5 is not a finite number >= 0 and <= 1"),
-    ((STAGE2,), "--threshold_factor", "inf", "inf is not a finite number >= 0"),
-    ((STAGE2,), "--threshold_factor", "-0.5", "-0.5 is not a finite number >= 0"),
+    ((STAGE2,), "--threshold_factor", "inf", "inf is not a finite number >= 0 and <= 1"),
+    ((STAGE2,), "--threshold_factor", "-0.5", "-0.5 is not a finite number >= 0 and <= 1"),
+    ((STAGE2,), "--threshold_factor", "1e308", "1e308 is not a finite number >= 0 and <= 1"),
+    ((STAGE2,), "--partners", "100000", "100000 is not a finite number >= 1 and <= 64"),
+    ((STAGE1, STAGE2, STAGE3), "--seed", "-1", "-1 is not a finite number >= 0 and <= 4294967295"),
+    ((STAGE1, STAGE2, STAGE3), "--seed", "4294967296", "4294967296 is not a finite number >= 0 and <= 4294967295"),
+    ((STAGE1, STAGE2, STAGE3), "--threads", "100000", f"100000 is more than this machine's {os.cpu_count()} CPU threads"),
     ((STAGE1, STAGE2, STAGE3), "--eval_batch_size", "0", "0 is not a finite number >= 1"),
 ]
 
