@@ -179,15 +179,15 @@ def check_folds(folds, n_videos, split="train"):
                         f"at least one video out; at most --folds {n_videos})")
 
 
-def check_model_output(model_save_dir, checkpoint):
-    """Before any loading: the checkpoint's folder is writable and --checkpoint names a file in it
-    (not empty, not a folder), so a run never trains for minutes and then cannot save."""
-    path = os.path.join(model_save_dir, checkpoint)
-    if not checkpoint or checkpoint.endswith(("/", os.sep)) or os.path.isdir(path):
-        raise AVVPError(f"--checkpoint {checkpoint!r}: expected a file name in --model_save_dir ({model_save_dir})")
-    ensure_writable_dir(os.path.dirname(path) or ".", "--model_save_dir")
+def check_output_file(folder, name, flag="--checkpoint", folder_flag="--model_save_dir"):
+    """Before any loading: `folder` is writable and `name` (flag's value) names a file in it (not
+    empty, not a folder), so a run never works for minutes and then cannot save."""
+    path = os.path.join(folder, name)
+    if not name or name.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise AVVPError(f"{flag} {name!r}: expected a file name in {folder_flag} ({folder})")
+    ensure_writable_dir(os.path.dirname(path) or ".", folder_flag)
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise AVVPError(f"{path}: checkpoint file is not writable")
+        raise AVVPError(f"{path}: {flag} file is not writable")
 
 
 def seed_everything(seed):

@@ -53,10 +53,11 @@ def get_args(argv=None):
                         "from torchrun's RANK / WORLD_SIZE or a Slurm array's task id and count, else 0/1)")
     p.add_argument("--merge", action="store_true",
                    help="only join the shards' manifest parts (OUT/.manifest/) into OUT/manifest.csv")
-    p.add_argument("--workers", type=number(0, kind=int), default=min(4, os.cpu_count() or 1),
-                   help="decoding processes (0: decode in this process)")
-    p.add_argument("--batch_frames", type=number(8, kind=int), default=160,
-                   help="images per res152 forward pass (r2plus1d_18 takes a tenth as many clips)")
+    p.add_argument("--workers", type=number(0, os.cpu_count() or 1, kind=int), default=min(4, os.cpu_count() or 1),
+                   help="decoding processes (0: decode in this process; at most one per CPU)")
+    p.add_argument("--batch_frames", type=number(8, 80 * 64, kind=int), default=160,
+                   help="images per res152 forward pass (r2plus1d_18 takes a tenth as many clips; at most 64 "
+                        "videos' 5120)")
     p.add_argument("--weights_dir", default=None,
                    help="folder of the weight files (default: torch's hub cache, $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--download", action="store_true", help="fetch missing weight files from their published URLs")

@@ -123,6 +123,11 @@ def read_weak(path, missing_hint=None):
     """A weak label file -> .filenames (list of N) and .labels (N, 25) float32 0/1, validated:
     errors on bad filenames, duplicates, unknown classes, videos without a label."""
     table, line_nos = read_table(path, ["filename", "event_labels"], missing_hint=missing_hint)
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = [c.strip() for c in f.readline().split("\t")]
+    if "onset" in header and "offset" in header:
+        raise AVVPError(f"{path}: a dense file (onset, offset columns: eval truth or predictions), not a weak label "
+                        "file (filename, event_labels)")
     names = table["filename"].tolist()
     bad = [i for i, n in enumerate(names) if not FILENAME_RE.match(n)]
     if bad:

@@ -28,7 +28,7 @@ from . import features, llp, page
 from . import evaluate as llp_eval
 from .data import load_split, read_eval_truth
 from .errors import AVVPError
-from .files import atomic_path
+from .files import atomic_path, ensure_writable_dir
 from .predict import predict, write_metrics
 
 PRED_FILES = {"audio": "pred_audio.csv", "visual": "pred_visual.csv"}
@@ -94,7 +94,12 @@ def video_sources(audio_dir):
     root (the folder above vggish/); {} without one. Failed or vanished sources are left out."""
     root = os.path.dirname(os.path.normpath(audio_dir))
     out = {}
-    for row in features.read_manifest(root):
+    try:
+        rows = features.read_manifest(root)
+    except AVVPError as e:  # the page then goes without players; the parse itself is right
+        print(f"warning: {e}; the page shows no videos", file=sys.stderr)
+        rows = []
+    for row in rows:
         path = os.path.join(root, row["source"])
         if row["status"] == "done" and os.path.isfile(path):
             out[row["id"]] = path
@@ -154,7 +159,7 @@ def probs_table(probs, filenames):
 
 # ----------------------------------------------------------------------------- the whole run
 
-def check_request(plot, parse_dir, parse_label):
+def check_request(plot, parse_dir, parse_label, parse_out):
     """The parse flags' one-line errors, before any loading."""
     if plot < 0:
         raise AVVPError(f"--plot {plot}: expected a number of videos >= 0")
@@ -162,6 +167,7 @@ def check_request(plot, parse_dir, parse_label):
         raise AVVPError("--parse_dir and --parse_label exclude each other (a folder of features, or a label file)")
     if plot:
         require_matplotlib()                          # fail before minutes of loading, not after
+    ensure_writable_dir(parse_out, "--parse_out folder")
 
 
 def run(model, split, out_dir, plot=0, batch_size=256, title="", extra=None, sources=None):

@@ -27,7 +27,7 @@ def use_checkpoint(args, stage, net, device, train_mode):
     hint = f"train it first: python main_avvp.py --mode {train_mode}"
     source = config.feature_source(args)
     if args.mode == "parse":
-        parse.check_request(args.plot, args.parse_dir, args.parse_label)  # before the checkpoint is read
+        parse.check_request(args.plot, args.parse_dir, args.parse_label, args.parse_out)  # before the checkpoint is read
     ckpt = load_into(net, path, hint)
     if args.mode == "parse":
         split, sources = parse.load_input(source, args.parse_dir, args.parse_label or args.label_test,

@@ -25,18 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from avvp import extract, extract_media as media, extract_nets as nets  # noqa: E402
-from avvp.config import resolve_device  # noqa: E402
+from avvp.config import ArgumentParser, number, resolve_device  # noqa: E402
 from avvp.synth_video import make_clip  # noqa: E402
 
 LLP_VIDEOS = 11849
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=8)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=number(1, kind=int), default=8)
+    p.add_argument("--workers", type=number(0, os.cpu_count() or 1, kind=int), default=min(4, os.cpu_count() or 1))
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch_frames", type=int, default=160)
+    p.add_argument("--batch_frames", type=number(8, 80 * 64, kind=int), default=160)
     p.add_argument("--workdir", default="/tmp/avvp_extract_speed")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()

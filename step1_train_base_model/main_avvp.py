@@ -41,7 +41,7 @@ def main(argv=None):
         return
 
     # 1. the weak labels and the features of the three splits
-    config.check_model_output(args.model_save_dir, args.checkpoint)
+    config.check_output_file(args.model_save_dir, args.checkpoint)
     train, val, test = dataloader.load_splits(config.feature_source(args), args.label_train, args.label_val,
                                               args.label_test, args.eval_audio, args.eval_visual, device)
     # 2. targets: every weak label for the video, the audio and (smoothed) the visual prediction

@@ -13,7 +13,6 @@ by stage 3), `outputs/dropped_labels.csv` (the evidence behind each dropped labe
 from avvp import config, data, report
 from avvp.config import number
 from avvp.errors import cli
-from avvp.files import ensure_writable_dir
 from avvp.timing import clock
 
 import dataloader
@@ -62,7 +61,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     device = config.setup(args.seed, args.device, args.threads)
-    ensure_writable_dir(args.output_dir, "--output_dir")  # fail before any work
+    config.check_output_file(args.output_dir, args.output, "--output", "--output_dir")  # fail before any work
     estimate = estimators.ESTIMATORS[args.estimator]
 
     # 1. the frozen model: stage 1's (or 3's), or with --folds K its K fold models; the splits

@@ -70,7 +70,7 @@ def main(argv=None):
         return
 
     # 1. stage 2's modality-aware labels, aligned to the train split; the features of the three splits
-    config.check_model_output(args.model_save_dir, args.checkpoint)
+    config.check_output_file(args.model_save_dir, args.checkpoint)
     train, val, test, audio, visual = dataloader.load_splits(
         config.feature_source(args), args.label_ma, args.label_train, args.label_val, args.label_test,
         args.eval_audio, args.eval_visual, device)

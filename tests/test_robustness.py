@@ -513,7 +513,7 @@ def test_disk_full_while_writing_stage2_csv_keeps_the_previous_one(tiny_llp, sta
     csv = tmp_path / "outputs_step2" / "modality_aware_labels.csv"
     before = csv.read_bytes()
     _full_disk_open(monkeypatch, avvp.llp, ".modality_aware_labels.csv.")
-    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "5.0"], tmp_path)
+    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "1.0"], tmp_path)
     assert_one_line_error(code, err, csv, "No space left on device", "previous file left intact")
     assert csv.read_bytes() == before
     assert no_temp_files(csv.parent)
@@ -529,13 +529,13 @@ def test_stage2_outputs_are_replaced_together_or_not_at_all(tiny_llp, stage1_out
     names = ("modality_aware_labels.csv", "dropped_labels.csv", "estimate_meta.json")
     before = {n: (folder / n).read_bytes() for n in names}
     _full_disk_open(monkeypatch, avvp.files, ".estimate_meta.json.")
-    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "5.0"], tmp_path)
+    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "1.0"], tmp_path)
     assert_one_line_error(code, err, folder / "estimate_meta.json", "No space left on device")
     assert {n: (folder / n).read_bytes() for n in names} == before
     assert no_temp_files(folder)
     # and without the fault, the new run does change the files (the test above could not pass vacuously)
     monkeypatch.undo()
-    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "5.0"], tmp_path)
+    code, out, err = call_stage(STAGE2, [*args, "--threshold_factor", "1.0"], tmp_path)
     assert code == 0, err
     assert (folder / "modality_aware_labels.csv").read_bytes() != before["modality_aware_labels.csv"]
 
