@@ -329,11 +329,11 @@ def main(argv=None):
     if args.random_weights:
         print("warning: --random_weights: RANDOM NETWORKS, THE FEATURES ARE MEANINGLESS (tests and smoke runs only)",
               file=sys.stderr)
+    networks = nets.build(args.random_weights, args.vggish_postprocess, args.weights_dir, args.download)
     for folder in FOLDERS.values():
         ensure_writable_dir(os.path.join(args.out, folder), "feature folder")
     if args.dump_frames:
         ensure_writable_dir(args.dump_frames, "--dump_frames folder")
-    networks = nets.build(args.random_weights, args.vggish_postprocess, args.weights_dir, args.download)
     finished = [not args.overwrite and all(map(os.path.isfile, output_paths(args.out, vid).values())) for vid, _ in videos]
     todo = [v for v, f in zip(videos, finished) if not f]
     share = f" (share {k}/{n}, from {who})" if n > 1 else ""
