@@ -315,6 +315,9 @@ def extract(todo, out, extractor, workers, dump_frames, progress):
 def main(argv=None):
     args = get_args(argv)
     if args.merge:
+        if not os.path.isdir(os.path.join(args.out, PARTS_DIR)):
+            raise AVVPError(f"{os.path.join(args.out, PARTS_DIR)}: no shard manifests to merge (written by runs with "
+                            "--shard, torchrun or a Slurm array)")
         missing = merge_parts(args.out)
         print(f"{os.path.join(args.out, MANIFEST)}: {len(read_manifest(args.out))} video(s)"
               + (f"; parts missing: {', '.join(f'{k}/{n}' for k, n in missing)}" if missing else ""))

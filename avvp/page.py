@@ -104,7 +104,7 @@ details{margin-top:6px} summary{cursor:pointer;color:#444;font-size:13px}
 <h1 id="title"></h1>
 <div class="sub" id="summary"></div>
 <div id="scores"></div>
-<div class="legend"><span><i class="sw" style="background:#1f5f99"></i>predicted audio</span><span><i class="sw" style="background:#b35806"></i>predicted visual</span><span><i class="sw" style="background:#cfe3f5;outline:1px solid #1f5f99"></i>true audio</span><span><i class="sw" style="background:#fbe0c3;outline:1px solid #b35806"></i>true visual</span><span><i class="sw" style="background:linear-gradient(90deg,#fff,#666)"></i>segment probability</span></div>
+<div class="legend"><span><i class="sw" style="background:#1f5f99"></i>predicted audio</span><span><i class="sw" style="background:#b35806"></i>predicted visual</span><span class="truth-key"><i class="sw" style="background:#cfe3f5;outline:1px solid #1f5f99"></i>true audio</span><span class="truth-key"><i class="sw" style="background:#fbe0c3;outline:1px solid #b35806"></i>true visual</span><span><i class="sw" style="background:linear-gradient(90deg,#fff,#666)"></i>segment probability</span></div>
 <div id="videos"></div>
 <script type="application/json" id="data">{{DATA}}</script>
 <script>
@@ -115,6 +115,9 @@ details{margin-top:6px} summary{cursor:pointer;color:#444;font-size:13px}
   function pct(x) { return (x * 10) + "%"; }
   function shade(p) { var g = Math.round(255 - 1.5 * p); return "rgb(" + g + "," + g + "," + g + ")"; }
   document.getElementById("title").textContent = D.title || "AVVP parse";
+  if (!D.videos.some(function (v) { return v.ga; })) {   // no truth: no truth in the legend
+    Array.prototype.forEach.call(document.querySelectorAll(".truth-key"), function (e) { e.style.display = "none"; });
+  }
   var nv = D.videos.length, withSrc = D.videos.filter(function (v) { return v.src; }).length;
   document.getElementById("summary").textContent = nv + " video" + (nv === 1 ? "" : "s") + ": " + D.events[0] +
     " audio and " + D.events[1] + " visual events predicted" + (withSrc ? "; " + withSrc + " with their video (click a segment to seek)" : "");
