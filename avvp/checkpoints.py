@@ -63,6 +63,12 @@ def _global(name):
     return getattr(importlib.import_module(module), attr)
 
 
+def _unreadable(path, e):
+    """A truncated or foreign file's error, on one short line."""
+    first = (str(e).splitlines() or [""])[0][:200]
+    return AVVPError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})")
+
+
 def read_weights_only(path):
     """torch.load(path, weights_only=True) onto the CPU. A file that needs more than tensors, plain
     values and numpy arrays is refused with a one-line AVVPError; nothing in it is run."""
@@ -73,7 +79,7 @@ def read_weights_only(path):
     except pickle.UnpicklingError:
         pass
     except Exception as e:  # truncated or foreign file
-        raise AVVPError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise _unreadable(path, e) from None
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not torch's zip format: an old-style pickle, which may hold anything
@@ -87,7 +93,7 @@ def read_weights_only(path):
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise AVVPError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise _unreadable(path, e) from None
 
 
 def is_released_state_dict(obj):

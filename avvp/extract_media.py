@@ -4,8 +4,8 @@ Frames: ffmpeg's `-r 8` constant-frame-rate selection, emulated from the decoded
 timestamps, over the first 10 s (~82 frames), then 80 of them picked with np.linspace as HAN's
 scripts did. Audio: 16 kHz mono, the first 10 s, and VGGish's log-mel front end (10 patches of
 96 x 64). Frames are turned upright first as ffmpeg's autorotate turns them (the display matrix of
-a phone video: quarter turns and flips). Videos shorter than 10 s are padded: frames by repeating the last chosen frame, audio
-with silence, so segment i still covers second i.
+a phone video: quarter turns and flips). Videos shorter than 10 s are padded: frames by repeating
+the last chosen frame, audio with silence, so segment i still covers second i.
 """
 import os
 

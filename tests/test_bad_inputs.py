@@ -243,7 +243,7 @@ def test_a_failed_benchmark_run_stops_the_runs_not_started(tmp_path):
 # ----------------------------------------------------------------------------- extraction
 
 def test_extract_checks_dump_frames_up_front(tmp_path):
-    av = pytest.importorskip("av")  # noqa: F841
+    pytest.importorskip("av")
     from avvp.synth_video import make_clip
     clip = make_clip(tmp_path / "c.mp4", seconds=1.0)
     (tmp_path / "file").write_text("x")
@@ -265,7 +265,7 @@ def test_foreign_weights_are_a_short_line(tmp_path):
 
 
 def test_one_corrupt_packet_is_skipped_as_ffmpeg_does(tmp_path):
-    av = pytest.importorskip("av")  # noqa: F841
+    pytest.importorskip("av")
     from avvp import extract_media as media
     from avvp.synth_video import make_clip
     clip = make_clip(tmp_path / "c.mp4", seconds=4.0, audio=False)
