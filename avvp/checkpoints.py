@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import llp
-from .errors import AVVPError
+from .errors import AVVPError, one_line
 from .files import atomic_torch_save
 
 RELEASED_LAYER = "hat_encoder.layers.0."  # the released Encoder's one (cloned) HAN layer
@@ -65,8 +65,7 @@ def _global(name):
 
 def _unreadable(path, e):
     """A truncated or foreign file's error, on one short line."""
-    first = (str(e).splitlines() or [""])[0][:200]
-    return AVVPError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})")
+    return AVVPError(f"{path}: cannot read checkpoint ({type(e).__name__}: {one_line(e, 200)})")
 
 
 def read_weights_only(path):
@@ -154,8 +153,7 @@ def load_model_strict(model, ckpt, path):
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as e:  # TypeError: 'model' is not a state dict at all
-        detail = " ".join(line.strip() for line in str(e).strip().splitlines()[:3])
-        raise AVVPError(f"{path}: architecture does not match this model ({detail[:300]})") from None
+        raise AVVPError(f"{path}: architecture does not match this model ({one_line(e, 300)})") from None
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise AVVPError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); the run that "

@@ -8,9 +8,11 @@ class AVVPError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
-def one_line(msg):
-    """A message on one line: inner newlines (e.g. from a library's exception text) become spaces."""
-    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+def one_line(msg, limit=None):
+    """A message on one line: inner newlines (e.g. from a library's exception text) become spaces;
+    with `limit`, cut to that many characters (torch's texts can list every key of a model)."""
+    text = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    return text if limit is None or len(text) <= limit else text[:limit] + " ..."
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):

@@ -16,6 +16,7 @@ GPU per LOCAL_RANK), a Slurm job array (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_C
 `--shard K/N`. Each writes FEATS_DIR/.manifest/part-K-of-N.csv; the last one to finish (or
 `--merge`) joins the parts into manifest.csv. Needs `pip install -e .[extract]` (PyAV).
 """
+import argparse
 import concurrent.futures as cf
 import hashlib
 import multiprocessing
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from . import extract_media as media
 from . import extract_nets as nets
-from .config import ArgumentParser, number, resolve_device, seed_everything
+from .config import SEED, ArgumentParser, number, resolve_device, seed_everything
 from .errors import AVVPError, cli, one_line
 from .features import MANIFEST, MANIFEST_COLUMNS, MODALITIES, read_manifest
 from .files import atomic_group, atomic_path, ensure_writable_dir
@@ -70,7 +71,7 @@ def get_args(argv=None):
     p.add_argument("--dump_frames", default=None, metavar="DIR",
                    help="also write the 80 res152 frames of each video, as decoded, to DIR/<id>/000001.png ...")
     p.add_argument("--overwrite", action="store_true", help="extract videos whose three files exist too")
-    p.add_argument("--seed", type=number(0, 2**32 - 1, kind=int), default=1,
+    p.add_argument("--seed", type=SEED, default=1,
                    help="seeds the random networks of --random_weights")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -105,7 +106,6 @@ def list_videos(inputs):
 
 def shard_arg(text):
     """argparse type of --shard K/N: (k, n) with 0 <= k < n."""
-    import argparse
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -148,11 +148,16 @@ def manifest_rows(out, results):
             for vid, path, status, reason in results]
 
 
+def write_rows(rows, path):
+    """Manifest rows (dicts of MANIFEST_COLUMNS) as a tab-separated file, atomically."""
+    write_tsv({c: [r[c] for r in rows] for c in MANIFEST_COLUMNS}, path)
+
+
 def write_manifest(out, rows):
     """manifest.csv updated with `rows` (an id's newest row replaces its older one), atomically."""
     table = {r["id"]: r for r in read_manifest(out)}
     table.update((r["id"], r) for r in rows)
-    write_tsv({c: [table[v][c] for v in sorted(table)] for c in MANIFEST_COLUMNS}, os.path.join(out, MANIFEST))
+    write_rows([table[v] for v in sorted(table)], os.path.join(out, MANIFEST))
 
 
 def part_path(out, k, n):
@@ -349,7 +354,7 @@ def main(argv=None):
     if n == 1:
         write_manifest(args.out, rows)
     else:
-        write_tsv({c: [r[c] for r in rows] for c in MANIFEST_COLUMNS}, part_path(args.out, k, n))
+        write_rows(rows, part_path(args.out, k, n))
         missing = merge_parts(args.out, n)
         print(f"share {k}/{n} listed in {part_path(args.out, k, n)}; " + (
             f"{os.path.join(args.out, MANIFEST)} joins all {n} parts" if not missing else

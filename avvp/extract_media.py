@@ -121,12 +121,13 @@ def upright(rgb, ops):
     return rgb
 
 
-def decode_frames(container, path, seconds=SECONDS, convert=None):
+def decode_frames(container, path, seconds=SECONDS, convert=None, skipped=None):
     """The video's frames chosen as `ffmpeg -r 8` does over its first `seconds`, turned upright as
     ffmpeg's autorotate turns them: a list of convert(rgb) of each (H, W, 3) uint8 RGB frame (~82
     for 10 s; a frame written twice is converted once), each one's input timestamp in seconds,
     and notes. convert=None keeps the RGB arrays; decode() converts each frame to the networks'
-    small inputs at once, so a video never holds its full-size frames."""
+    small inputs at once, so a video never holds its full-size frames. Corrupt packets are skipped,
+    their errors appended to `skipped`."""
     if not container.streams.video:
         raise AVVPError(f"{path}: no video stream")
     convert = convert or (lambda rgb: rgb)
@@ -136,7 +137,7 @@ def decode_frames(container, path, seconds=SECONDS, convert=None):
     select = CFRSelector(_rate(stream))
     frames, times, prev, notes = [], [], None, []
     ops = None
-    skipped = []
+    skipped = [] if skipped is None else skipped
     for frame in decoded(container, stream, skipped):
         if frame.pts is None:
             continue
@@ -159,8 +160,6 @@ def decode_frames(container, path, seconds=SECONDS, convert=None):
             frames += [item] * n
             times += [t] * n
         prev = [frame, t, item]
-    if skipped:
-        notes.append(f"{path}: {len(skipped)} corrupt video packet(s) skipped (first: {skipped[0]}), as ffmpeg skips them")
     if not frames:
         raise AVVPError(f"{path}: no decodable video frame in the first {seconds} s")
     return frames, times, notes
@@ -281,12 +280,6 @@ def frame_inputs(rgb):
     return crop, resize(x, (CLIP_SIZE, CLIP_SIZE))[0]
 
 
-def network_inputs(frames):
-    """80 (H, W, 3) uint8 frames -> (80, 3, 224, 224) and (80, 3, 112, 112) uint8 images (frame_inputs each)."""
-    pairs = [frame_inputs(f) for f in frames]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-
-
 def write_png(rgb, path):
     """One (H, W, 3) uint8 frame as a PNG file (PyAV's encoder: no image library needed)."""
     av = require_av()
@@ -311,16 +304,16 @@ def decode(path, dump_dir=None):
     def convert(rgb):
         return frame_inputs(rgb) + ((rgb,) if dump_dir is not None else ())
 
+    skipped = {"video": [], "audio": []}
     try:
         with av.open(path) as container:
-            frames, _, notes = decode_frames(container, path, convert=convert)
-        skipped = []
+            frames, _, notes = decode_frames(container, path, convert=convert, skipped=skipped["video"])
         with av.open(path) as container:
-            wave = decode_audio(container, path, skipped=skipped)
+            wave = decode_audio(container, path, skipped=skipped["audio"])
     except av.FFmpegError as e:
         raise AVVPError(f"{path}: cannot decode ({e})") from None
-    if skipped:
-        notes.append(f"{path}: {len(skipped)} corrupt audio packet(s) skipped (first: {skipped[0]}), as ffmpeg skips them")
+    notes += [f"{path}: {len(errs)} corrupt {kind} packet(s) skipped (first: {errs[0]}), as ffmpeg skips them"
+              for kind, errs in skipped.items() if errs]
     frames, padded = chosen_frames(frames)
     if padded:
         notes.append(f"{path}: shorter than {SECONDS} s of video; last frame repeated to {FRAMES} frames")

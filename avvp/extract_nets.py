@@ -12,7 +12,7 @@ import sys
 import torch
 from torch import nn
 
-from .errors import AVVPError
+from .errors import AVVPError, one_line
 
 # network -> (accepted file names, the first is the one downloaded; where it comes from)
 WEIGHTS = {
@@ -197,17 +197,11 @@ def find_weights(names, weights_dir=None, download=False):
     return found
 
 
-def _short(e, limit=300):
-    """An exception's text on one line, cut to `limit` characters (torch lists every missing key)."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
 def load_state(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: torch raises several types
-        raise AVVPError(f"{path}: cannot read weights ({type(e).__name__}: {_short(e)})") from None
+        raise AVVPError(f"{path}: cannot read weights ({type(e).__name__}: {one_line(e, 300)})") from None
     if not isinstance(state, dict):
         raise AVVPError(f"{path}: not a state dict of weights (holds a {type(state).__name__})")
     return state
@@ -219,7 +213,7 @@ def load_into(net, path, ignore=()):
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise AVVPError(f"{path}: does not fit the network ({_short(e)})") from None
+        raise AVVPError(f"{path}: does not fit the network ({one_line(e, 300)})") from None
 
 
 def build(random_weights=False, postprocess=False, weights_dir=None, download=False):
@@ -240,9 +234,9 @@ def build(random_weights=False, postprocess=False, weights_dir=None, download=Fa
             state.update(pca_eigen_vectors=torch.as_tensor(pca["pca_eigen_vectors"], dtype=torch.float32),
                          pca_means=torch.as_tensor(pca["pca_means"], dtype=torch.float32).reshape(128, 1))
         except (KeyError, RuntimeError, TypeError) as e:
-            raise AVVPError(f"{paths['vggish_pca']}: not VGGish PCA parameters ({_short(e)})") from None
+            raise AVVPError(f"{paths['vggish_pca']}: not VGGish PCA parameters ({one_line(e, 300)})") from None
     try:
         vggish.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise AVVPError(f"{paths['vggish']}: does not fit the network ({_short(e)})") from None
+        raise AVVPError(f"{paths['vggish']}: does not fit the network ({one_line(e, 300)})") from None
     return {k: n.eval() for k, n in nets.items()}

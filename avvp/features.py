@@ -57,10 +57,11 @@ def check_array(arr, shape, where):
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise AVVPError(f"{where}: {bad} non-finite value(s) (NaN or inf)")
-    big = np.abs(arr) > FEATURE_LIMIT if arr.dtype != np.float16 else np.zeros(0, bool)  # float16 ends at 65504
-    if big.any():
-        raise AVVPError(f"{where}: {int(big.sum())} value(s) beyond +-{FEATURE_LIMIT:g} (largest {np.abs(arr).max():.3g}): "
-                        "not features of these networks, and the model's float32 sums would overflow")
+    magnitude = np.abs(arr) if arr.dtype != np.float16 else None  # float16 ends at 65504, below the limit
+    if magnitude is not None and (magnitude > FEATURE_LIMIT).any():
+        raise AVVPError(f"{where}: {int((magnitude > FEATURE_LIMIT).sum())} value(s) beyond +-{FEATURE_LIMIT:g} "
+                        f"(largest {magnitude.max():.3g}): not features of these networks, and the model's float32 "
+                        "sums would overflow")
     return np.asarray(arr, dtype=np.float32)
 
 
@@ -138,7 +139,7 @@ def stat_files(dirs, stems):
 
 
 def missing_videos(dirs, stems, stats=None):
-    """Filenames lacking a feature file in any of `dirs` (dict modality -> folder)."""
+    """Stems lacking a feature file in any of `dirs` (dict modality -> folder)."""
     stats = stat_files(dirs, stems) if stats is None else stats
     return [f for i, f in enumerate(stems) if any(stats[key][i] is None for key in dirs)]
 

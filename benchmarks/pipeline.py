@@ -72,16 +72,12 @@ def bench_parser(description, workdir):
     """The flags both benchmarks share; paths are made absolute (the stages run from their folders)."""
     p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=SEED, nargs="+", default=[1, 2, 3])
-    p.add_argument("--data_dir", type=absolute, default=str(ROOT / "data"))
-    p.add_argument("--feats_dir", type=absolute, default=str(ROOT / "feats"))
-    p.add_argument("--workdir", type=absolute, default=str(ROOT / "runs" / workdir))
+    p.add_argument("--data_dir", type=os.path.abspath, default=str(ROOT / "data"))
+    p.add_argument("--feats_dir", type=os.path.abspath, default=str(ROOT / "feats"))
+    p.add_argument("--workdir", type=os.path.abspath, default=str(ROOT / "runs" / workdir))
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=number(0, kind=int), default=12, help="epochs of stages 1 and 3 (12: the released recipe)")
     return p
-
-
-def absolute(text):
-    return os.path.abspath(text)
 
 
 def check_synthetic(data):

@@ -141,7 +141,8 @@ def test_unreadable_file_is_an_error_naming_it(clips, tmp_path):
 def test_network_inputs_resize_and_crop():
     frame = np.zeros((360, 640, 3), np.uint8)
     frame[:, 320:] = 200                                       # right half bright
-    images, clip = media.network_inputs([frame] * 3)
+    pairs = [media.frame_inputs(frame) for _ in range(3)]
+    images, clip = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     assert images.shape == (3, 3, 224, 224) and images.dtype == torch.uint8
     # 360x640 -> 256x455, centre crop: columns 115..339 of 455, the bright half starts at 227.5
     row = images[0, 0, 100].float()
